@@ -1,0 +1,1 @@
+"""The operator (``peerbot.operator``): kopf reconciles each Conversation into worker Jobs."""

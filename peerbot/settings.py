@@ -1,0 +1,287 @@
+"""Settings for each part of Peerbot, read from the environment (and a ``.env`` file on one machine).
+
+Each part has one settings object whose field names are the environment variable names of DESIGN.md and
+of the Helm values, lower-cased. Values are passed explicitly from here into the code; nothing else reads
+``os.environ``. A missing or malformed setting stops start-up with one line per problem, naming the
+variable and how to fix it (:class:`SettingsError`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from peerbot import constants
+
+T = TypeVar("T", bound="PeerbotSettings")
+
+#: Kubernetes quantities: "2000m", "2", "4Gi", "512Mi".
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed; the message says which and how to fix it."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def _hint(text: str) -> Any:
+    """Attach the fix for a setting to its field, for :func:`load_settings` to print."""
+    return {"hint": text}
+
+
+class PeerbotSettings(BaseSettings):
+    """What every part shares: logging, namespace, maintenance switch."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", json_schema_extra=_hint("set LOG_LEVEL to DEBUG, INFO, WARNING or ERROR")
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto",
+        json_schema_extra=_hint("set LOG_FORMAT to json, console, or auto (JSON unless on a terminal)"),
+    )
+    peerbot_namespace: str | None = Field(
+        None,
+        json_schema_extra=_hint(
+            "set PEERBOT_NAMESPACE to a Kubernetes namespace, or leave it unset to use the pod's own"
+        ),
+    )
+    peerbot_maintenance: bool = Field(
+        False, json_schema_extra=_hint("set PEERBOT_MAINTENANCE to true or false")
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
+class SlackSettings(PeerbotSettings):
+    """How to reach Slack; shared by the dispatcher and the worker."""
+
+    slack_bot_token: SecretStr = Field(
+        json_schema_extra=_hint(
+            "set SLACK_BOT_TOKEN to the bot token (xoxb-...) from your Slack app's "
+            "'OAuth & Permissions' page"
+        )
+    )
+    slack_api_url: str = Field(
+        "https://slack.com/api/",
+        json_schema_extra=_hint("set SLACK_API_URL to the Web API base URL, ending in /api/"),
+    )
+    slack_trigger_phrase: str = Field(
+        constants.DEFAULT_TRIGGER_PHRASE,
+        min_length=1,
+        json_schema_extra=_hint("set SLACK_TRIGGER_PHRASE to the phrase that calls Peerbot, e.g. @peerbotai"),
+    )
+
+    @field_validator("slack_bot_token")
+    @classmethod
+    def _bot_token_shape(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith("xoxb-"):
+            raise ValueError("a bot token starts with xoxb-")
+        return value
+
+    @field_validator("slack_api_url")
+    @classmethod
+    def _trailing_slash(cls, value: str) -> str:
+        return value if value.endswith("/") else value + "/"
+
+
+class DispatcherSettings(SlackSettings):
+    """The dispatcher: Slack events in, Conversations out."""
+
+    slack_app_token: SecretStr | None = Field(
+        None,
+        json_schema_extra=_hint(
+            "set SLACK_APP_TOKEN to an app-level token (xapp-...) with connections:write for Socket Mode, "
+            "or unset it and set SLACK_SIGNING_SECRET for HTTP mode"
+        ),
+    )
+    slack_signing_secret: SecretStr | None = Field(
+        None,
+        json_schema_extra=_hint(
+            "set SLACK_SIGNING_SECRET from your Slack app's 'Basic Information' page (HTTP mode)"
+        ),
+    )
+    port: int = Field(
+        constants.DEFAULT_PORT, ge=1, le=65535, json_schema_extra=_hint("set PORT to a TCP port number")
+    )
+    allow_direct_messages: bool = Field(True, json_schema_extra=_hint("set ALLOW_DIRECT_MESSAGES to true/false"))
+    allow_private_channels: bool = Field(
+        False, json_schema_extra=_hint("set ALLOW_PRIVATE_CHANNELS to true/false")
+    )
+    rate_limit_per_minute: int = Field(
+        constants.DEFAULT_RATE_LIMIT_PER_MINUTE,
+        ge=1,
+        json_schema_extra=_hint("set RATE_LIMIT_PER_MINUTE to a whole number of requests, at least 1"),
+    )
+
+    @field_validator("slack_app_token")
+    @classmethod
+    def _app_token_shape(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith("xapp-"):
+            raise ValueError("an app-level token starts with xapp-")
+        return value
+
+    def check_mode(self) -> None:
+        """Socket Mode needs the app token, HTTP mode the signing secret: one of the two must be set."""
+        if self.slack_app_token is None and self.slack_signing_secret is None:
+            raise SettingsError(
+                [
+                    "SLACK_APP_TOKEN is missing: Socket Mode needs an app-level token (xapp-...) with "
+                    "connections:write; or set SLACK_SIGNING_SECRET to receive events over HTTP instead"
+                ]
+            )
+
+
+class OperatorSettings(PeerbotSettings):
+    """The operator: Conversations in, worker Jobs out."""
+
+    worker_image: str = Field(
+        "ghcr.io/peerbot-ai/peerbot-worker:latest",
+        min_length=1,
+        json_schema_extra=_hint("set WORKER_IMAGE to the worker image reference"),
+    )
+    worker_service_account: str = Field(
+        "peerbot-worker", json_schema_extra=_hint("set WORKER_SERVICE_ACCOUNT to the workers' ServiceAccount")
+    )
+    worker_secret_name: str = Field(
+        "peerbot-secrets",
+        json_schema_extra=_hint("set WORKER_SECRET_NAME to the Secret holding the workers' tokens"),
+    )
+    session_timeout_minutes: int = Field(
+        constants.DEFAULT_SESSION_TIMEOUT_MINUTES,
+        ge=1,
+        le=24 * 60,
+        json_schema_extra=_hint("set SESSION_TIMEOUT_MINUTES to a whole number of minutes, 1 to 1440"),
+    )
+    worker_cpu: str = Field(
+        constants.DEFAULT_WORKER_CPU,
+        json_schema_extra=_hint("set WORKER_CPU to a Kubernetes CPU quantity such as 2000m or 2"),
+    )
+    worker_memory: str = Field(
+        constants.DEFAULT_WORKER_MEMORY,
+        json_schema_extra=_hint("set WORKER_MEMORY to a Kubernetes memory quantity such as 4Gi or 512Mi"),
+    )
+    max_concurrent_jobs: int = Field(
+        0, ge=0, json_schema_extra=_hint("set MAX_CONCURRENT_JOBS to a whole number (0 means no limit)")
+    )
+    operator_port: int = Field(
+        constants.DEFAULT_OPERATOR_PORT,
+        ge=1,
+        le=65535,
+        json_schema_extra=_hint("set OPERATOR_PORT to a TCP port number"),
+    )
+
+    @field_validator("worker_cpu", "worker_memory")
+    @classmethod
+    def _quantity(cls, value: str) -> str:
+        if not _QUANTITY.match(value):
+            raise ValueError("not a Kubernetes quantity")
+        return value
+
+
+class WorkerSettings(SlackSettings):
+    """The worker: one turn of Claude on the user's repository."""
+
+    anthropic_api_key: SecretStr = Field(
+        json_schema_extra=_hint("set ANTHROPIC_API_KEY to an API key from console.anthropic.com (sk-ant-...)")
+    )
+    anthropic_base_url: str | None = Field(
+        None, json_schema_extra=_hint("set ANTHROPIC_BASE_URL to the Messages API base URL, or unset it")
+    )
+    anthropic_model: str = Field(
+        constants.DEFAULT_MODEL, min_length=1, json_schema_extra=_hint("set ANTHROPIC_MODEL to a model name")
+    )
+    anthropic_summary_model: str = Field(
+        constants.DEFAULT_SUMMARY_MODEL,
+        min_length=1,
+        json_schema_extra=_hint("set ANTHROPIC_SUMMARY_MODEL to the model that writes compaction summaries"),
+    )
+    github_token: SecretStr = Field(
+        json_schema_extra=_hint(
+            "set GITHUB_TOKEN to a token with repository access to GITHUB_ORGANIZATION "
+            "(GitHub: Settings > Developer settings > Personal access tokens)"
+        )
+    )
+    github_api_url: str = Field(
+        "https://api.github.com",
+        json_schema_extra=_hint("set GITHUB_API_URL to the REST API base (GitHub Enterprise: https://HOST/api/v3)"),
+    )
+    github_organization: str = Field(
+        constants.DEFAULT_GITHUB_ORGANIZATION,
+        pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})$",
+        json_schema_extra=_hint("set GITHUB_ORGANIZATION to a GitHub organization name"),
+    )
+    gcs_bucket_name: str = Field(
+        constants.DEFAULT_GCS_BUCKET_NAME,
+        pattern=r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$",
+        json_schema_extra=_hint("set GCS_BUCKET_NAME to the bucket that holds sessions"),
+    )
+    storage_emulator_host: str | None = Field(
+        None, json_schema_extra=_hint("set STORAGE_EMULATOR_HOST to http://host:port, or unset it")
+    )
+    session_store: Literal["gcs", "local"] = Field(
+        "gcs", json_schema_extra=_hint("set SESSION_STORE to gcs or local")
+    )
+    session_dir: Path = Field(
+        Path("sessions"), json_schema_extra=_hint("set SESSION_DIR to a folder for local sessions")
+    )
+    session_timeout_minutes: int = Field(
+        constants.DEFAULT_SESSION_TIMEOUT_MINUTES,
+        ge=1,
+        le=24 * 60,
+        json_schema_extra=_hint("set SESSION_TIMEOUT_MINUTES to a whole number of minutes, 1 to 1440"),
+    )
+    session_token_budget: int = Field(
+        constants.DEFAULT_SESSION_TOKEN_BUDGET,
+        ge=1000,
+        json_schema_extra=_hint("set SESSION_TOKEN_BUDGET to a whole number of tokens, at least 1000"),
+    )
+    peerbot_result_file: Path = Field(
+        Path(constants.DEFAULT_RESULT_FILE),
+        json_schema_extra=_hint("set PEERBOT_RESULT_FILE to the file the outcome is written to"),
+    )
+
+    @field_validator("anthropic_api_key")
+    @classmethod
+    def _anthropic_key_shape(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError("empty")
+        return value
+
+
+def _describe(settings_cls: type[PeerbotSettings], error: Mapping[str, Any]) -> str:
+    """One line for one validation error: the variable, what is wrong, how to fix it. Never the value."""
+    field_name = str(error["loc"][0]) if error.get("loc") else "?"
+    env_name = field_name.upper()
+    field = settings_cls.model_fields.get(field_name)
+    extra = field.json_schema_extra if field is not None else None
+    hint = extra.get("hint") if isinstance(extra, dict) else None
+    fix = f": {hint}" if hint else ""
+    if error.get("type") == "missing":
+        return f"{env_name} is missing{fix}"
+    reason = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    return f"{env_name} is not valid ({reason}){fix}"
+
+
+def load_settings(settings_cls: type[T], **overrides: Any) -> T:
+    """Read ``settings_cls`` from the environment, turning validation errors into :class:`SettingsError`.
+
+    ``overrides`` take precedence over the environment (tests and the demo pass values this way).
+    """
+    try:
+        return settings_cls(**overrides)
+    except ValidationError as error:
+        problems = [_describe(settings_cls, e) for e in error.errors(include_input=False)]
+        raise SettingsError(problems) from None
