@@ -70,8 +70,7 @@ class SlackSettings(PeerbotSettings):
 
     slack_bot_token: SecretStr = Field(
         json_schema_extra=_hint(
-            "set SLACK_BOT_TOKEN to the bot token (xoxb-...) from your Slack app's "
-            "'OAuth & Permissions' page"
+            "set SLACK_BOT_TOKEN to the bot token (xoxb-...) from your Slack app's 'OAuth & Permissions' page"
         )
     )
     slack_api_url: str = Field(
@@ -116,7 +115,9 @@ class DispatcherSettings(SlackSettings):
     port: int = Field(
         constants.DEFAULT_PORT, ge=1, le=65535, json_schema_extra=_hint("set PORT to a TCP port number")
     )
-    allow_direct_messages: bool = Field(True, json_schema_extra=_hint("set ALLOW_DIRECT_MESSAGES to true/false"))
+    allow_direct_messages: bool = Field(
+        True, json_schema_extra=_hint("set ALLOW_DIRECT_MESSAGES to true/false")
+    )
     allow_private_channels: bool = Field(
         False, json_schema_extra=_hint("set ALLOW_PRIVATE_CHANNELS to true/false")
     )
@@ -216,7 +217,9 @@ class WorkerSettings(SlackSettings):
     )
     github_api_url: str = Field(
         "https://api.github.com",
-        json_schema_extra=_hint("set GITHUB_API_URL to the REST API base (GitHub Enterprise: https://HOST/api/v3)"),
+        json_schema_extra=_hint(
+            "set GITHUB_API_URL to the REST API base (GitHub Enterprise: https://HOST/api/v3)"
+        ),
     )
     github_organization: str = Field(
         constants.DEFAULT_GITHUB_ORGANIZATION,
