@@ -96,6 +96,12 @@ class ConversationStatus(_Model):
     phase: Phase = Phase.PENDING
     job: str | None = None
     answered_ts: str | None = Field(None, alias="answeredTs", pattern=SLACK_TS_PATTERN)
+    attempted_ts: str | None = Field(
+        None,
+        alias="attemptedTs",
+        pattern=SLACK_TS_PATTERN,
+        description="The newest message a turn was started for; a failed turn is not retried until a newer one.",
+    )
     turns: int = Field(0, ge=0)
     tokens: Tokens = Field(default_factory=Tokens)
     cost_usd: float = Field(0.0, alias="costUSD", ge=0)
@@ -103,6 +109,10 @@ class ConversationStatus(_Model):
     error: str | None = None
     queue_position: int | None = Field(None, alias="queuePosition", ge=1)
     conditions: list[Condition] = Field(default_factory=list)
+    cancelled_at: datetime | None = Field(
+        None, alias="cancelledAt", description="The cancel request (spec.cancelRequestedAt) last carried out."
+    )
+    started_warm: bool | None = Field(None, alias="startedWarm")
     created_at: datetime | None = Field(None, alias="createdAt")
     started_at: datetime | None = Field(None, alias="startedAt")
     finished_at: datetime | None = Field(None, alias="finishedAt")

@@ -1,0 +1,97 @@
+"""The outcome of one turn: what the worker reports and the operator records.
+
+The worker writes it as a small JSON document to ``PEERBOT_RESULT_FILE`` (Kubernetes' termination message
+by default, which the operator reads from the pod's status); anything that runs a worker outside a pod
+reads the same file. Kubernetes keeps at most 4,096 bytes of a termination message, so the document is
+built to fit: the error text is shortened first.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import IntEnum, StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from peerbot.conversation import SLACK_TS_PATTERN, Tokens
+
+#: Kubernetes truncates termination messages to 4,096 bytes (and 12 KiB across all containers).
+TERMINATION_MESSAGE_LIMIT = 4096
+RESULT_VERSION = 1
+
+
+class Outcome(StrEnum):
+    """How a turn ended, from the worker's point of view."""
+
+    DONE = "done"  # answered; waiting for the next reply
+    PAUSED = "paused"  # stopped shortly before the time limit, checkpointed; Continue resumes it
+    FAILED = "failed"  # could not answer; error says why
+
+
+class ExitCode(IntEnum):
+    """The worker's exit status: distinguishes done, paused and failed without reading the result."""
+
+    DONE = 0
+    FAILED = 1
+    SETTINGS = 2  # a missing or malformed setting: nothing was attempted
+    PAUSED = 10
+
+
+class ErrorKind(StrEnum):
+    """What went wrong, in categories a person can act on."""
+
+    SLACK = "slack"
+    GITHUB = "github"
+    REPOSITORY = "repository"  # the repository does not exist or the token cannot reach it
+    STORAGE = "storage"
+    CLAUDE = "claude"
+    BUDGET = "budget"
+    INPUT = "input"
+    INTERNAL = "internal"
+
+
+class TurnError(BaseModel):
+    """An error the person is told about: what happened and what to do."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    kind: ErrorKind
+    message: str
+
+
+class TurnResult(BaseModel):
+    """The worker's report for one turn."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+    version: int = RESULT_VERSION
+    outcome: Outcome
+    answered_ts: str | None = Field(None, alias="answeredTs", pattern=SLACK_TS_PATTERN)
+    tokens: Tokens = Field(default_factory=Tokens)
+    cost_usd: float = Field(0.0, alias="costUSD", ge=0)
+    pull_request: str | None = Field(None, alias="pullRequest")
+    branch: str | None = None
+    steps: int = Field(0, ge=0)
+    error: TurnError | None = None
+
+    def to_document(self) -> str:
+        """The JSON document, at most :data:`TERMINATION_MESSAGE_LIMIT` bytes."""
+        document = self.model_dump_json(by_alias=True, exclude_none=True)
+        if len(document.encode()) <= TERMINATION_MESSAGE_LIMIT or self.error is None:
+            return document
+        overflow = len(document.encode()) - TERMINATION_MESSAGE_LIMIT
+        message = self.error.message.encode()[: max(0, len(self.error.message.encode()) - overflow - 16)]
+        shortened = self.model_copy(
+            update={"error": TurnError(kind=self.error.kind, message=message.decode(errors="ignore") + " …")}
+        )
+        return shortened.model_dump_json(by_alias=True, exclude_none=True)
+
+    @classmethod
+    def parse(cls, document: str | None) -> TurnResult | None:
+        """Read a result document; ``None`` when there is none or it is not one of ours."""
+        if not document or not document.strip():
+            return None
+        try:
+            return cls.model_validate(json.loads(document))
+        except (ValueError, ValidationError):
+            return None
