@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from peerbot.conversation import Conversation, ConversationSpec, ConversationStatus, Phase, Tokens
+from peerbot.conversation import Conversation, ConversationSpec, ConversationStatus, Tokens
 from peerbot.planner import (
     ClusterView,
     DeleteConversation,
