@@ -73,7 +73,7 @@ def job_labels(request: TurnRequest) -> dict[str, str]:
     }
 
 
-def _pointer_env(request: TurnRequest, deadline: datetime, timeout_minutes: int) -> list[dict[str, str]]:
+def _pointer_env(request: TurnRequest, deadline: datetime, timeout_minutes: int) -> list[dict[str, Any]]:
     spec = request.spec
     pairs = {
         "PEERBOT_CONVERSATION": request.conversation,

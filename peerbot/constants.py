@@ -74,3 +74,12 @@ DEFAULT_OPERATOR_PORT: Final = 8080
 DEFAULT_RATE_LIMIT_PER_MINUTE: Final = 10
 #: Token budget per session before older turns are compacted (the source documents' figure).
 DEFAULT_SESSION_TOKEN_BUDGET: Final = 100_000
+
+# --- Operator -------------------------------------------------------------------------------------------
+
+#: Active Conversations are re-planned this often even without events: a safety net for a missed watch
+#: event, and what moves the capacity queue along. Events do the real work; this is only the floor.
+RECONCILE_INTERVAL_SECONDS: Final = 15.0
+#: kopf's own bookkeeping (handler progress, last-handled spec) goes into annotations with this prefix,
+#: so the status stays ours.
+KOPF_ANNOTATION_PREFIX: Final = "peerbot.ai"

@@ -52,27 +52,34 @@ class ConversationSpec(_Model):
     thread_ts: str = Field(alias="threadTs", pattern=SLACK_TS_PATTERN, description="Thread timestamp.")
     user: str = Field(pattern=SLACK_ID_PATTERN, description="Slack user id of who started the thread.")
     repository: str | None = Field(
-        None, pattern=REPOSITORY_PATTERN, description="owner/name; unset means the user's own repository."
+        default=None,
+        pattern=REPOSITORY_PATTERN,
+        description="owner/name; unset means the user's own repository.",
     )
     requested_ts: str = Field(
         alias="requestedTs", pattern=SLACK_TS_PATTERN, description="The newest message to answer."
     )
     status_message_ts: str | None = Field(
-        None, alias="statusMessageTs", pattern=SLACK_TS_PATTERN, description="The message the worker edits."
+        default=None,
+        alias="statusMessageTs",
+        pattern=SLACK_TS_PATTERN,
+        description="The message the worker edits.",
     )
     cancel_requested_at: datetime | None = Field(
-        None, alias="cancelRequestedAt", description="When a cancel was asked (RFC 3339); unset otherwise."
+        default=None,
+        alias="cancelRequestedAt",
+        description="When a cancel was asked (RFC 3339); unset otherwise.",
     )
 
 
 class Tokens(_Model):
     """Token accounting across every turn of the Conversation."""
 
-    input: int = Field(0, ge=0)
-    output: int = Field(0, ge=0)
-    cache_read: int = Field(0, alias="cacheRead", ge=0)
-    cache_write: int = Field(0, alias="cacheWrite", ge=0)
-    total: int = Field(0, ge=0, description="The sum of the four, kept for kubectl's Tokens column.")
+    input: int = Field(default=0, ge=0)
+    output: int = Field(default=0, ge=0)
+    cache_read: int = Field(default=0, alias="cacheRead", ge=0)
+    cache_write: int = Field(default=0, alias="cacheWrite", ge=0)
+    total: int = Field(default=0, ge=0, description="The sum of the four, kept for kubectl's Tokens column.")
 
     @model_validator(mode="after")
     def _sum(self) -> Tokens:
@@ -87,7 +94,7 @@ class Condition(_Model):
     status: str = Field(pattern=r"^(True|False|Unknown)$")
     reason: str | None = None
     message: str | None = None
-    last_transition_time: datetime | None = Field(None, alias="lastTransitionTime")
+    last_transition_time: datetime | None = Field(default=None, alias="lastTransitionTime")
 
 
 class ConversationStatus(_Model):
@@ -95,28 +102,30 @@ class ConversationStatus(_Model):
 
     phase: Phase = Phase.PENDING
     job: str | None = None
-    answered_ts: str | None = Field(None, alias="answeredTs", pattern=SLACK_TS_PATTERN)
+    answered_ts: str | None = Field(default=None, alias="answeredTs", pattern=SLACK_TS_PATTERN)
     attempted_ts: str | None = Field(
-        None,
+        default=None,
         alias="attemptedTs",
         pattern=SLACK_TS_PATTERN,
-        description="The newest message a turn was started for; a failed turn is not retried until a newer one.",
+        description="The newest message a turn was started for (a failed turn waits for a newer one).",
     )
-    turns: int = Field(0, ge=0)
-    tokens: Tokens = Field(default_factory=Tokens)
-    cost_usd: float = Field(0.0, alias="costUSD", ge=0)
-    pull_request: str | None = Field(None, alias="pullRequest")
+    turns: int = Field(default=0, ge=0)
+    tokens: Tokens = Field(default_factory=lambda: Tokens())
+    cost_usd: float = Field(default=0.0, alias="costUSD", ge=0)
+    pull_request: str | None = Field(default=None, alias="pullRequest")
     error: str | None = None
-    queue_position: int | None = Field(None, alias="queuePosition", ge=1)
+    queue_position: int | None = Field(default=None, alias="queuePosition", ge=1)
     conditions: list[Condition] = Field(default_factory=list)
     cancelled_at: datetime | None = Field(
-        None, alias="cancelledAt", description="The cancel request (spec.cancelRequestedAt) last carried out."
+        default=None,
+        alias="cancelledAt",
+        description="The cancel request (spec.cancelRequestedAt) last carried out.",
     )
-    started_warm: bool | None = Field(None, alias="startedWarm")
-    created_at: datetime | None = Field(None, alias="createdAt")
-    started_at: datetime | None = Field(None, alias="startedAt")
-    finished_at: datetime | None = Field(None, alias="finishedAt")
-    updated_at: datetime | None = Field(None, alias="updatedAt")
+    started_warm: bool | None = Field(default=None, alias="startedWarm")
+    created_at: datetime | None = Field(default=None, alias="createdAt")
+    started_at: datetime | None = Field(default=None, alias="startedAt")
+    finished_at: datetime | None = Field(default=None, alias="finishedAt")
+    updated_at: datetime | None = Field(default=None, alias="updatedAt")
 
 
 class Conversation(_Model):
@@ -124,11 +133,11 @@ class Conversation(_Model):
 
     model_config = ConfigDict(populate_by_name=True, extra="ignore")
 
-    api_version: str = Field(f"{constants.API_GROUP}/{constants.API_VERSION}", alias="apiVersion")
+    api_version: str = Field(default=f"{constants.API_GROUP}/{constants.API_VERSION}", alias="apiVersion")
     kind: str = constants.CONVERSATION_KIND
     metadata: dict[str, Any] = Field(default_factory=dict)
     spec: ConversationSpec
-    status: ConversationStatus = Field(default_factory=ConversationStatus)
+    status: ConversationStatus = Field(default_factory=lambda: ConversationStatus())
 
     @property
     def name(self) -> str:

@@ -480,8 +480,8 @@ def _record_outcome(
         tokens = Tokens(
             input=status.tokens.input + result.tokens.input,
             output=status.tokens.output + result.tokens.output,
-            cache_read=status.tokens.cache_read + result.tokens.cache_read,
-            cache_write=status.tokens.cache_write + result.tokens.cache_write,
+            cacheRead=status.tokens.cache_read + result.tokens.cache_read,
+            cacheWrite=status.tokens.cache_write + result.tokens.cache_write,
         )
         base["tokens"] = tokens.to_api()
         base["costUSD"] = round(status.cost_usd + result.cost_usd, 6)

@@ -66,12 +66,12 @@ class TurnResult(BaseModel):
 
     version: int = RESULT_VERSION
     outcome: Outcome
-    answered_ts: str | None = Field(None, alias="answeredTs", pattern=SLACK_TS_PATTERN)
-    tokens: Tokens = Field(default_factory=Tokens)
-    cost_usd: float = Field(0.0, alias="costUSD", ge=0)
-    pull_request: str | None = Field(None, alias="pullRequest")
+    answered_ts: str | None = Field(default=None, alias="answeredTs", pattern=SLACK_TS_PATTERN)
+    tokens: Tokens = Field(default_factory=lambda: Tokens())
+    cost_usd: float = Field(default=0.0, alias="costUSD", ge=0)
+    pull_request: str | None = Field(default=None, alias="pullRequest")
     branch: str | None = None
-    steps: int = Field(0, ge=0)
+    steps: int = Field(default=0, ge=0)
     error: TurnError | None = None
 
     def to_document(self) -> str:

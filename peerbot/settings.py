@@ -43,20 +43,20 @@ class PeerbotSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        "INFO", json_schema_extra=_hint("set LOG_LEVEL to DEBUG, INFO, WARNING or ERROR")
+        default="INFO", json_schema_extra=_hint("set LOG_LEVEL to DEBUG, INFO, WARNING or ERROR")
     )
     log_format: Literal["auto", "json", "console"] = Field(
-        "auto",
+        default="auto",
         json_schema_extra=_hint("set LOG_FORMAT to json, console, or auto (JSON unless on a terminal)"),
     )
     peerbot_namespace: str | None = Field(
-        None,
+        default=None,
         json_schema_extra=_hint(
             "set PEERBOT_NAMESPACE to a Kubernetes namespace, or leave it unset to use the pod's own"
         ),
     )
     peerbot_maintenance: bool = Field(
-        False, json_schema_extra=_hint("set PEERBOT_MAINTENANCE to true or false")
+        default=False, json_schema_extra=_hint("set PEERBOT_MAINTENANCE to true or false")
     )
 
     @field_validator("log_level", mode="before")
@@ -74,11 +74,11 @@ class SlackSettings(PeerbotSettings):
         )
     )
     slack_api_url: str = Field(
-        "https://slack.com/api/",
+        default="https://slack.com/api/",
         json_schema_extra=_hint("set SLACK_API_URL to the Web API base URL, ending in /api/"),
     )
     slack_trigger_phrase: str = Field(
-        constants.DEFAULT_TRIGGER_PHRASE,
+        default=constants.DEFAULT_TRIGGER_PHRASE,
         min_length=1,
         json_schema_extra=_hint("set SLACK_TRIGGER_PHRASE to the phrase that calls Peerbot, e.g. @peerbotai"),
     )
@@ -100,29 +100,32 @@ class DispatcherSettings(SlackSettings):
     """The dispatcher: Slack events in, Conversations out."""
 
     slack_app_token: SecretStr | None = Field(
-        None,
+        default=None,
         json_schema_extra=_hint(
             "set SLACK_APP_TOKEN to an app-level token (xapp-...) with connections:write for Socket Mode, "
             "or unset it and set SLACK_SIGNING_SECRET for HTTP mode"
         ),
     )
     slack_signing_secret: SecretStr | None = Field(
-        None,
+        default=None,
         json_schema_extra=_hint(
             "set SLACK_SIGNING_SECRET from your Slack app's 'Basic Information' page (HTTP mode)"
         ),
     )
     port: int = Field(
-        constants.DEFAULT_PORT, ge=1, le=65535, json_schema_extra=_hint("set PORT to a TCP port number")
+        default=constants.DEFAULT_PORT,
+        ge=1,
+        le=65535,
+        json_schema_extra=_hint("set PORT to a TCP port number"),
     )
     allow_direct_messages: bool = Field(
-        True, json_schema_extra=_hint("set ALLOW_DIRECT_MESSAGES to true/false")
+        default=True, json_schema_extra=_hint("set ALLOW_DIRECT_MESSAGES to true/false")
     )
     allow_private_channels: bool = Field(
-        False, json_schema_extra=_hint("set ALLOW_PRIVATE_CHANNELS to true/false")
+        default=False, json_schema_extra=_hint("set ALLOW_PRIVATE_CHANNELS to true/false")
     )
     rate_limit_per_minute: int = Field(
-        constants.DEFAULT_RATE_LIMIT_PER_MINUTE,
+        default=constants.DEFAULT_RATE_LIMIT_PER_MINUTE,
         ge=1,
         json_schema_extra=_hint("set RATE_LIMIT_PER_MINUTE to a whole number of requests, at least 1"),
     )
@@ -145,40 +148,60 @@ class DispatcherSettings(SlackSettings):
             )
 
 
-class OperatorSettings(PeerbotSettings):
-    """The operator: Conversations in, worker Jobs out."""
+class OperatorSettings(SlackSettings):
+    """The operator: Conversations in, worker Jobs out (and failures it sees told in the thread)."""
 
     worker_image: str = Field(
-        "ghcr.io/peerbot-ai/peerbot-worker:latest",
+        default="ghcr.io/peerbot-ai/peerbot-worker:latest",
         min_length=1,
         json_schema_extra=_hint("set WORKER_IMAGE to the worker image reference"),
     )
     worker_service_account: str = Field(
-        "peerbot-worker", json_schema_extra=_hint("set WORKER_SERVICE_ACCOUNT to the workers' ServiceAccount")
+        default="peerbot-worker",
+        json_schema_extra=_hint("set WORKER_SERVICE_ACCOUNT to the workers' ServiceAccount"),
     )
     worker_secret_name: str = Field(
-        "peerbot-secrets",
+        default="peerbot-secrets",
         json_schema_extra=_hint("set WORKER_SECRET_NAME to the Secret holding the workers' tokens"),
     )
     session_timeout_minutes: int = Field(
-        constants.DEFAULT_SESSION_TIMEOUT_MINUTES,
+        default=constants.DEFAULT_SESSION_TIMEOUT_MINUTES,
         ge=1,
         le=24 * 60,
         json_schema_extra=_hint("set SESSION_TIMEOUT_MINUTES to a whole number of minutes, 1 to 1440"),
     )
     worker_cpu: str = Field(
-        constants.DEFAULT_WORKER_CPU,
+        default=constants.DEFAULT_WORKER_CPU,
         json_schema_extra=_hint("set WORKER_CPU to a Kubernetes CPU quantity such as 2000m or 2"),
     )
     worker_memory: str = Field(
-        constants.DEFAULT_WORKER_MEMORY,
+        default=constants.DEFAULT_WORKER_MEMORY,
         json_schema_extra=_hint("set WORKER_MEMORY to a Kubernetes memory quantity such as 4Gi or 512Mi"),
     )
     max_concurrent_jobs: int = Field(
-        0, ge=0, json_schema_extra=_hint("set MAX_CONCURRENT_JOBS to a whole number (0 means no limit)")
+        default=0,
+        ge=0,
+        json_schema_extra=_hint("set MAX_CONCURRENT_JOBS to a whole number (0 means no limit)"),
+    )
+    worker_config_map: str | None = Field(
+        default=None,
+        json_schema_extra=_hint(
+            "set WORKER_CONFIG_MAP to the ConfigMap with the workers' non-secret settings"
+        ),
+    )
+    worker_spot: bool = Field(
+        default=False, json_schema_extra=_hint("set WORKER_SPOT to true to run workers on Spot")
+    )
+    job_ttl_seconds: int = Field(
+        default=3600, ge=0, json_schema_extra=_hint("set JOB_TTL_SECONDS to how long finished Jobs are kept")
+    )
+    conversation_retention_days: float = Field(
+        default=30,
+        gt=0,
+        json_schema_extra=_hint("set CONVERSATION_RETENTION_DAYS to how long idle Conversations are kept"),
     )
     operator_port: int = Field(
-        constants.DEFAULT_OPERATOR_PORT,
+        default=constants.DEFAULT_OPERATOR_PORT,
         ge=1,
         le=65535,
         json_schema_extra=_hint("set OPERATOR_PORT to a TCP port number"),
@@ -199,13 +222,16 @@ class WorkerSettings(SlackSettings):
         json_schema_extra=_hint("set ANTHROPIC_API_KEY to an API key from console.anthropic.com (sk-ant-...)")
     )
     anthropic_base_url: str | None = Field(
-        None, json_schema_extra=_hint("set ANTHROPIC_BASE_URL to the Messages API base URL, or unset it")
+        default=None,
+        json_schema_extra=_hint("set ANTHROPIC_BASE_URL to the Messages API base URL, or unset it"),
     )
     anthropic_model: str = Field(
-        constants.DEFAULT_MODEL, min_length=1, json_schema_extra=_hint("set ANTHROPIC_MODEL to a model name")
+        default=constants.DEFAULT_MODEL,
+        min_length=1,
+        json_schema_extra=_hint("set ANTHROPIC_MODEL to a model name"),
     )
     anthropic_summary_model: str = Field(
-        constants.DEFAULT_SUMMARY_MODEL,
+        default=constants.DEFAULT_SUMMARY_MODEL,
         min_length=1,
         json_schema_extra=_hint("set ANTHROPIC_SUMMARY_MODEL to the model that writes compaction summaries"),
     )
@@ -216,43 +242,43 @@ class WorkerSettings(SlackSettings):
         )
     )
     github_api_url: str = Field(
-        "https://api.github.com",
+        default="https://api.github.com",
         json_schema_extra=_hint(
             "set GITHUB_API_URL to the REST API base (GitHub Enterprise: https://HOST/api/v3)"
         ),
     )
     github_organization: str = Field(
-        constants.DEFAULT_GITHUB_ORGANIZATION,
+        default=constants.DEFAULT_GITHUB_ORGANIZATION,
         pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})$",
         json_schema_extra=_hint("set GITHUB_ORGANIZATION to a GitHub organization name"),
     )
     gcs_bucket_name: str = Field(
-        constants.DEFAULT_GCS_BUCKET_NAME,
+        default=constants.DEFAULT_GCS_BUCKET_NAME,
         pattern=r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$",
         json_schema_extra=_hint("set GCS_BUCKET_NAME to the bucket that holds sessions"),
     )
     storage_emulator_host: str | None = Field(
-        None, json_schema_extra=_hint("set STORAGE_EMULATOR_HOST to http://host:port, or unset it")
+        default=None, json_schema_extra=_hint("set STORAGE_EMULATOR_HOST to http://host:port, or unset it")
     )
     session_store: Literal["gcs", "local"] = Field(
-        "gcs", json_schema_extra=_hint("set SESSION_STORE to gcs or local")
+        default="gcs", json_schema_extra=_hint("set SESSION_STORE to gcs or local")
     )
     session_dir: Path = Field(
-        Path("sessions"), json_schema_extra=_hint("set SESSION_DIR to a folder for local sessions")
+        default=Path("sessions"), json_schema_extra=_hint("set SESSION_DIR to a folder for local sessions")
     )
     session_timeout_minutes: int = Field(
-        constants.DEFAULT_SESSION_TIMEOUT_MINUTES,
+        default=constants.DEFAULT_SESSION_TIMEOUT_MINUTES,
         ge=1,
         le=24 * 60,
         json_schema_extra=_hint("set SESSION_TIMEOUT_MINUTES to a whole number of minutes, 1 to 1440"),
     )
     session_token_budget: int = Field(
-        constants.DEFAULT_SESSION_TOKEN_BUDGET,
+        default=constants.DEFAULT_SESSION_TOKEN_BUDGET,
         ge=1000,
         json_schema_extra=_hint("set SESSION_TOKEN_BUDGET to a whole number of tokens, at least 1000"),
     )
     peerbot_result_file: Path = Field(
-        Path(constants.DEFAULT_RESULT_FILE),
+        default=Path(constants.DEFAULT_RESULT_FILE),
         json_schema_extra=_hint("set PEERBOT_RESULT_FILE to the file the outcome is written to"),
     )
 

@@ -1,0 +1,194 @@
+"""The operator's service object: read one Conversation's world, ask the planner, apply the plan.
+
+Handlers in :mod:`peerbot.operator.handlers` only gather what kopf already knows (its in-memory indexes
+of worker Jobs and pods) and call :meth:`Reconciler.reconcile`. One Conversation is reconciled by one
+coroutine at a time (a per-name lock), because Job events and Conversation events for the same thread
+can arrive together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import kopf
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+from slack_sdk.web.async_client import AsyncWebClient
+
+from peerbot import constants
+from peerbot.conversation import Conversation
+from peerbot.logs import get_logger
+from peerbot.operator.launcher import TurnLauncher
+from peerbot.operator.notify import notify_thread
+from peerbot.planner import (
+    ClusterView,
+    DeleteConversation,
+    DeleteJob,
+    JobView,
+    Notify,
+    PatchStatus,
+    Plan,
+    PlannerSettings,
+    RecordEvent,
+    StartTurn,
+    plan,
+    plan_invalid_spec,
+    spec_problems,
+)
+
+log = get_logger(__name__)
+
+#: Kubernetes API errors worth retrying (throttling, conflicts, server trouble); others are permanent.
+RETRYABLE_STATUS = {409, 429, 500, 502, 503, 504}
+
+
+class _KeyedLocks:
+    """One asyncio lock per key, forgotten when nobody holds or waits for it (memory stays flat)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users <= 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
+@dataclass
+class Reconciler:
+    """Reads, plans and applies for the Conversations of one namespace."""
+
+    api: client.ApiClient
+    slack: AsyncWebClient
+    launcher: TurnLauncher
+    planner_settings: PlannerSettings
+    namespace: str
+    _locks: _KeyedLocks = field(default_factory=_KeyedLocks)
+
+    def __post_init__(self) -> None:
+        self._custom = client.CustomObjectsApi(self.api)
+        self._batch = client.BatchV1Api(self.api)
+
+    async def _read(self, name: str) -> dict[str, Any] | None:
+        try:
+            body: dict[str, Any] = await self._custom.get_namespaced_custom_object(
+                constants.API_GROUP,
+                constants.API_VERSION,
+                self.namespace,
+                constants.CONVERSATION_PLURAL,
+                name,
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return body
+
+    async def reconcile(
+        self, name: str, jobs: list[JobView], cluster: ClusterView | None = None, now: datetime | None = None
+    ) -> Plan:
+        """Bring one Conversation one step closer to what its spec asks for; returns what was done.
+
+        Raises :class:`kopf.TemporaryError` when the API server should be asked again later, and
+        :class:`kopf.PermanentError` for a spec nobody can act on (after recording it as ``Failed``).
+        """
+        now = now or datetime.now(UTC)
+        async with self._locks.hold(name):
+            try:
+                body = await self._read(name)
+                if body is None:
+                    return Plan()
+                problem = spec_problems(body.get("spec"))
+                if problem is not None:
+                    result = plan_invalid_spec(problem, body.get("status"), now)
+                    await self._apply(body, None, result)
+                    raise kopf.PermanentError(f"Conversation {name} cannot be acted on: {problem}")
+                conversation = Conversation.model_validate(body)
+                deleting = bool((body.get("metadata") or {}).get("deletionTimestamp"))
+                result = plan(conversation, jobs, now, self.planner_settings, cluster, deleting=deleting)
+                await self._apply(body, conversation, result)
+                return result
+            except ApiException as error:
+                if error.status in RETRYABLE_STATUS:
+                    raise kopf.TemporaryError(
+                        f"Kubernetes API answered {error.status} {error.reason}; retrying", delay=2
+                    ) from error
+                raise
+
+    async def _apply(self, body: dict[str, Any], conversation: Conversation | None, result: Plan) -> None:
+        name = body["metadata"]["name"]
+        bound = log.bind(conversation=name)
+        for action in result.actions:
+            match action:
+                case StartTurn(request=request):
+                    started = await self.launcher.start(request, body["metadata"].get("uid", ""), _now())
+                    bound.info("turn started" if started else "turn already started", job=request.job_name)
+                case PatchStatus(patch=patch):
+                    await self._custom.patch_namespaced_custom_object_status(
+                        constants.API_GROUP,
+                        constants.API_VERSION,
+                        self.namespace,
+                        constants.CONVERSATION_PLURAL,
+                        name,
+                        {"status": patch},
+                    )
+                case DeleteJob(name=job, reason=reason):
+                    try:
+                        await self._batch.delete_namespaced_job(
+                            job, self.namespace, propagation_policy="Background"
+                        )
+                    except ApiException as error:
+                        if error.status != 404:
+                            raise
+                    bound.info("job deleted", job=job, reason=reason)
+                case Notify() if conversation is not None:
+                    await notify_thread(
+                        self.slack, conversation.spec.channel, conversation.spec.thread_ts, action
+                    )
+                case RecordEvent(type=kind, reason=reason, message=message):
+                    kopf.event(kopf.Body(cast(Any, body)), type=kind, reason=reason, message=message)
+                case DeleteConversation(reason=reason):
+                    try:
+                        await self._custom.delete_namespaced_custom_object(
+                            constants.API_GROUP,
+                            constants.API_VERSION,
+                            self.namespace,
+                            constants.CONVERSATION_PLURAL,
+                            name,
+                        )
+                    except ApiException as error:
+                        if error.status != 404:
+                            raise
+                    bound.info("conversation deleted", reason=reason)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def planner_settings(
+    session_timeout_minutes: int, max_concurrent_jobs: int, retention_days: float
+) -> PlannerSettings:
+    """The planner's settings from the operator's."""
+    return PlannerSettings(
+        session_timeout_minutes=session_timeout_minutes,
+        max_concurrent_jobs=max_concurrent_jobs,
+        retention=timedelta(days=retention_days),
+    )
