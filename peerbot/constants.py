@@ -65,7 +65,7 @@ DEFAULT_SESSION_TIMEOUT_MINUTES: Final = 5
 DEFAULT_WORKER_CPU: Final = "2000m"
 DEFAULT_WORKER_MEMORY: Final = "4Gi"
 DEFAULT_RESULT_FILE: Final = "/dev/termination-log"
-DEFAULT_MODEL: Final = "claude-sonnet-4-5"
+DEFAULT_MODEL: Final = "claude-sonnet-4-6"
 #: A cheaper model writes compaction summaries: matching the model to the task, as the playbooks advise.
 DEFAULT_SUMMARY_MODEL: Final = "claude-haiku-4-5"
 DEFAULT_PORT: Final = 3000
