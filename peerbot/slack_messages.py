@@ -1,0 +1,80 @@
+"""Slack messages within Slack's limits: the public API of :mod:`peerbot.slack` in one place.
+
+Turn the agent's Markdown answer into Block Kit messages (:func:`answer_messages`), build the status,
+paused, error and help messages, check any message against Slack's limits (:func:`check_message`) and turn
+a message Slack rejected into plain text (:func:`plain_text_fallback`). Everything here is a pure function
+over plain data; posting is the caller's job.
+"""
+
+from peerbot.slack.builders import (
+    ACTION_CONTINUE,
+    ACTION_STOP,
+    DEFAULT_MAX_MESSAGES,
+    DEFAULT_OVERFLOW_LOCATION,
+    AnswerFooter,
+    Link,
+    RenderedAnswer,
+    StatusView,
+    answer_messages,
+    button,
+    code_block,
+    context,
+    error_message,
+    footer_blocks,
+    format_duration,
+    format_tokens,
+    help_message,
+    paused_message,
+    section,
+    status_message,
+)
+from peerbot.slack.limits import (
+    BLOCK_CONTAINER_ALLOWANCE,
+    SLACK_MAX_BLOCKS_TEXT,
+    block_cost,
+    check_message,
+    clip,
+    escape,
+    plain_text_fallback,
+    slack_length,
+    unescape,
+    visible_text,
+)
+from peerbot.slack.mrkdwn import ContentBlock, Converted, clean_markdown, markdown_to_blocks
+
+__all__ = [
+    "ACTION_CONTINUE",
+    "ACTION_STOP",
+    "BLOCK_CONTAINER_ALLOWANCE",
+    "DEFAULT_MAX_MESSAGES",
+    "DEFAULT_OVERFLOW_LOCATION",
+    "SLACK_MAX_BLOCKS_TEXT",
+    "AnswerFooter",
+    "ContentBlock",
+    "Converted",
+    "Link",
+    "RenderedAnswer",
+    "StatusView",
+    "answer_messages",
+    "block_cost",
+    "button",
+    "check_message",
+    "clean_markdown",
+    "clip",
+    "code_block",
+    "context",
+    "error_message",
+    "escape",
+    "footer_blocks",
+    "format_duration",
+    "format_tokens",
+    "help_message",
+    "markdown_to_blocks",
+    "paused_message",
+    "plain_text_fallback",
+    "section",
+    "slack_length",
+    "status_message",
+    "unescape",
+    "visible_text",
+]
