@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from typing import Any
 
 import kopf
@@ -21,7 +22,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from peerbot import constants
 from peerbot.conversation import Phase
-from peerbot.kube import api_client, current_namespace
+from peerbot.kube import POD_NAMESPACE_FILE, api_client, current_namespace
 from peerbot.logs import get_logger
 from peerbot.operator.jobs import MANAGED_BY, JobSettings, job_view
 from peerbot.operator.launcher import JobLauncher
@@ -35,6 +36,18 @@ CONVERSATIONS = (constants.API_GROUP, constants.API_VERSION, constants.CONVERSAT
 WORKERS = {"app.kubernetes.io/managed-by": MANAGED_BY}
 ACTIVE_PHASES = {None, "", Phase.PENDING.value, Phase.QUEUED.value, Phase.RUNNING.value}
 JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod, the service account; elsewhere the kubeconfig named by ``KUBECONFIG`` when kopf runs.
+
+    kopf's default login goes through the kubernetes client, which fixes the kubeconfig path when it is
+    imported; reading it here, at login, is what lets tests and ``peerbot demo`` point it elsewhere.
+    """
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and POD_NAMESPACE_FILE.exists():
+        return kopf.login_with_service_account(**kwargs)
+    return kopf.login_with_kubeconfig(**kwargs)
 
 
 @kopf.on.startup()
@@ -91,7 +104,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    """Close what startup opened."""
+    """Close what startup opened (handlers still in flight see ``closed`` and stop)."""
+    memo.closed = True
     api = memo.get("api")
     if api is not None:
         await api.close()
@@ -116,7 +130,10 @@ def worker_jobs(body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[str, dic
 
 @kopf.index("", "v1", "pods", labels=WORKERS)
 def worker_pods(body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, Any]] | None:
-    """Worker pods by Job name."""
+    """Worker pods by Job name (from the owner reference the Job controller sets, else its labels)."""
+    for owner in body.metadata.get("ownerReferences") or []:
+        if owner.get("kind") == "Job" and owner.get("name"):
+            return {owner["name"]: _snapshot(body)}
     for key in JOB_NAME_LABELS:
         if labels.get(key):
             return {labels[key]: _snapshot(body)}
@@ -157,6 +174,8 @@ def _cluster(memo: kopf.Memo, jobs: kopf.Index[str, Any], queued: kopf.Index[str
 
 async def _reconcile(memo: kopf.Memo, name: str, indexes: dict[str, Any]) -> None:
     """Reconcile one Conversation with the views kopf's indexes (passed to every handler) give."""
+    if memo.get("closed"):
+        return
     jobs, pods, queued = indexes["worker_jobs"], indexes["worker_pods"], indexes["queued_conversations"]
     reconciler: Reconciler = memo.reconciler
     await reconciler.reconcile(name, _jobs_of(name, jobs, pods), _cluster(memo, jobs, queued))
@@ -180,6 +199,21 @@ def _is_active(status: kopf.Status, **_: Any) -> bool:
 @kopf.timer(*CONVERSATIONS, interval=constants.RECONCILE_INTERVAL_SECONDS, when=_is_active)
 async def recheck_active(name: str, memo: kopf.Memo, **kwargs: Any) -> None:
     """The floor under the events: an active Conversation is re-planned now and then."""
+    await _reconcile(memo, name, kwargs)
+
+
+def _is_idle(status: kopf.Status, **_: Any) -> bool:
+    return status.get("phase") not in ACTIVE_PHASES
+
+
+@kopf.timer(
+    *CONVERSATIONS,
+    interval=constants.IDLE_SWEEP_INTERVAL_SECONDS,
+    initial_delay=constants.IDLE_SWEEP_INTERVAL_SECONDS,  # resume handlers already look at every one at start
+    when=_is_idle,
+)
+async def sweep_idle(name: str, memo: kopf.Memo, **kwargs: Any) -> None:
+    """Idle Conversations are looked at now and then, so the retention applies without any event."""
     await _reconcile(memo, name, kwargs)
 
 

@@ -242,13 +242,15 @@ def job_view(job: dict[str, Any], pods: list[dict[str, Any]]) -> JobView | None:
     status = job.get("status") or {}
     complete = False
     failed_reason = None
+    finished_at = _parse_time(status.get("completionTime"))
     for condition in status.get("conditions") or []:
-        if condition.get("status") != "True":
+        if condition.get("status") != "True" or condition.get("type") not in ("Complete", "Failed"):
             continue
         if condition.get("type") == "Complete":
             complete = True
-        elif condition.get("type") == "Failed":
+        else:
             failed_reason = condition.get("reason") or "Failed"
+        finished_at = finished_at or _parse_time(condition.get("lastTransitionTime"))
     ordered = sorted(
         pods, key=lambda p: (str((p.get("metadata") or {}).get("creationTimestamp", "")), str(p))
     )
@@ -262,6 +264,7 @@ def job_view(job: dict[str, Any], pods: list[dict[str, Any]]) -> JobView | None:
         active=int(status.get("active") or 0),
         complete=complete,
         failed_reason=failed_reason,
+        finished_at=finished_at,
         deleting=bool(metadata.get("deletionTimestamp")),
         pods=tuple(pod_views),
     )

@@ -9,6 +9,7 @@ can arrive together.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -21,8 +22,9 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from slack_sdk.web.async_client import AsyncWebClient
 
 from peerbot import constants
-from peerbot.conversation import Conversation
+from peerbot.conversation import Conversation, Phase
 from peerbot.logs import get_logger
+from peerbot.operator.jobs import job_view
 from peerbot.operator.launcher import TurnLauncher
 from peerbot.operator.notify import notify_thread
 from peerbot.planner import (
@@ -85,6 +87,7 @@ class Reconciler:
     def __post_init__(self) -> None:
         self._custom = client.CustomObjectsApi(self.api)
         self._batch = client.BatchV1Api(self.api)
+        self._core = client.CoreV1Api(self.api)
 
     async def _read(self, name: str) -> dict[str, Any] | None:
         try:
@@ -121,6 +124,7 @@ class Reconciler:
                     await self._apply(body, None, result)
                     raise kopf.PermanentError(f"Conversation {name} cannot be acted on: {problem}")
                 conversation = Conversation.model_validate(body)
+                jobs = await self._confirm_recorded_job(conversation, jobs)
                 deleting = bool((body.get("metadata") or {}).get("deletionTimestamp"))
                 result = plan(conversation, jobs, now, self.planner_settings, cluster, deleting=deleting)
                 await self._apply(body, conversation, result)
@@ -132,9 +136,45 @@ class Reconciler:
                     ) from error
                 raise
 
+    async def _confirm_recorded_job(self, conversation: Conversation, jobs: list[JobView]) -> list[JobView]:
+        """Make sure the Job the status says is running is in ``jobs`` if it exists at all.
+
+        kopf's index sees a Job only when its watch event arrives; a follow-up that comes right after the
+        Job was created can be planned before that. Asking the API once in that case keeps the planner's
+        "at most one Job at a time" true instead of trusting a cache that is a moment behind.
+        """
+        recorded = conversation.status.job
+        if (
+            conversation.status.phase != Phase.RUNNING
+            or not recorded
+            or any(j.name == recorded for j in jobs)
+        ):
+            return jobs
+        try:
+            response = await self._batch.read_namespaced_job(recorded, self.namespace, _preload_content=False)
+            job = json.loads(await response.read())
+        except ApiException as error:
+            if error.status == 404:
+                return jobs
+            raise
+        response = await self._core.list_namespaced_pod(
+            self.namespace,
+            label_selector=f"{constants.LABEL_CONVERSATION}={conversation.name}",
+            _preload_content=False,
+        )
+        pods = [
+            pod
+            for pod in json.loads(await response.read()).get("items", [])
+            if any(ref.get("name") == recorded for ref in pod["metadata"].get("ownerReferences") or [])
+        ]
+        view = job_view(job, pods)
+        return [*jobs, view] if view is not None else jobs
+
     async def _apply(self, body: dict[str, Any], conversation: Conversation | None, result: Plan) -> None:
         name = body["metadata"]["name"]
         bound = log.bind(conversation=name)
+        if result.actions:
+            bound.debug("plan", actions=[repr(action) for action in result.actions])
         for action in result.actions:
             match action:
                 case StartTurn(request=request):
@@ -148,6 +188,8 @@ class Reconciler:
                         constants.CONVERSATION_PLURAL,
                         name,
                         {"status": patch},
+                        # The client would send a JSON patch for a dict; this is a merge patch.
+                        _content_type="application/merge-patch+json",
                     )
                 case DeleteJob(name=job, reason=reason):
                     try:

@@ -80,6 +80,8 @@ DEFAULT_SESSION_TOKEN_BUDGET: Final = 100_000
 #: Active Conversations are re-planned this often even without events: a safety net for a missed watch
 #: event, and what moves the capacity queue along. Events do the real work; this is only the floor.
 RECONCILE_INTERVAL_SECONDS: Final = 15.0
+#: Idle Conversations are re-planned this often, so the retention applies without any event.
+IDLE_SWEEP_INTERVAL_SECONDS: Final = 3600.0
 #: kopf's own bookkeeping (handler progress, last-handled spec) goes into annotations with this prefix,
 #: so the status stays ours.
 KOPF_ANNOTATION_PREFIX: Final = "peerbot.ai"

@@ -27,7 +27,11 @@ async def api_client() -> client.ApiClient:
         config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     else:
         try:
-            await config.load_kube_config(client_configuration=configuration, persist_config=False)
+            # The client fixes its default path when imported; read KUBECONFIG now, as kubectl would.
+            path = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
+            await config.load_kube_config(
+                config_file=path, client_configuration=configuration, persist_config=False
+            )
         except (ConfigException, FileNotFoundError, TypeError) as error:
             raise KubernetesUnreachable(
                 "no Kubernetes credentials: run inside a pod, or set KUBECONFIG to a kubeconfig file "

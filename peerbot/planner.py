@@ -15,7 +15,8 @@ The rules, in order:
    failed, timed out; a pod lost to eviction or node loss is retried once as a second attempt.
 5. A Job that can never start (image pull failure, a missing Secret) is deleted and ends as ``Failed``.
 6. A Job the status does not know about (the operator stopped between creating it and recording it) is
-   adopted.
+   adopted; a Job the status records as running that no longer exists ends the turn as ``Failed``. (The
+   caller makes sure "no longer exists" is true, not a cache that has not seen the Job yet.)
 7. A message newer than anything answered or attempted starts the next turn, unless the cluster-wide
    limit on concurrent Jobs is reached, in which case the Conversation waits as ``Queued``.
 8. An idle Conversation past the retention is deleted (its session stays in the store).
@@ -45,6 +46,11 @@ NEVER_STARTS = {
 LOST_POD_REASONS = {"Evicted", "NodeLost", "Shutdown", "Terminated", "NodeShutdown", "Preempting"}
 #: Jobs are retried once after an eviction or node loss (the issue's "one automatic retry").
 MAX_ATTEMPTS = 2
+
+#: Kubernetes reports a Job finished and its pod terminated in separate watch streams; a finished Job
+#: whose pod still looks alive is given this long for the pod's own update to arrive before the outcome is
+#: recorded without it (a pod deleted at the deadline never sends one).
+POD_SETTLE_GRACE = timedelta(seconds=30)
 
 IDLE_PHASES = {Phase.WAITING, Phase.SUCCEEDED, Phase.FAILED, Phase.TIMED_OUT, Phase.CANCELLED}
 
@@ -89,6 +95,7 @@ class JobView:
     created_at: datetime | None = None
     active: int = 0
     complete: bool = False
+    finished_at: datetime | None = None
     failed_reason: str | None = None  # the Failed condition's reason, e.g. DeadlineExceeded
     deleting: bool = False
     pods: tuple[PodView, ...] = ()
@@ -100,6 +107,11 @@ class JobView:
     @property
     def running(self) -> bool:
         return not self.finished and not self.deleting
+
+    @property
+    def pods_settled(self) -> bool:
+        """No pod of the Job still looks alive (its final state has been seen)."""
+        return all(pod.deleting or pod.phase not in ("Pending", "Running") for pod in self.pods)
 
     def result(self) -> TurnResult | None:
         """The worker's own report, from the newest pod that left one."""
@@ -237,6 +249,8 @@ def spec_problems(raw_spec: dict[str, Any] | None) -> str | None:
             else:
                 parts.append(f"spec.{where} is not valid ({problem['msg']})")
         return "; ".join(parts)
+    if ts_value(raw_spec.get("requestedTs")) < ts_value(raw_spec.get("threadTs")):
+        return "spec.requestedTs is older than spec.threadTs: the message to answer must be in the thread"
     return None
 
 
@@ -288,8 +302,11 @@ def plan(
     if latest is not None:
         known = status.job == latest.name
         recorded = known and status.phase not in (Phase.RUNNING, Phase.PENDING, Phase.QUEUED)
-        # 4. Record the newest Job's outcome.
+        # 4. Record the newest Job's outcome (once its pod's final state, with the worker's report, is seen).
         if latest.finished and not recorded:
+            waited = now - latest.finished_at if latest.finished_at else POD_SETTLE_GRACE
+            if not latest.pods_settled and waited < POD_SETTLE_GRACE:
+                return Plan()
             return Plan(_record_outcome(conversation, latest, now, settings))
         # 5. A Job that can never start.
         if latest.running:
@@ -305,9 +322,15 @@ def plan(
                 ]
             )
         if running:
-            if status.phase != Phase.RUNNING:
+            # A Job whose outcome the status already records can still look running in a cache that is a
+            # moment behind: the status is the fact, so it never goes back to Running.
+            if known and status.phase in (Phase.PENDING, Phase.QUEUED):
                 return Plan([PatchStatus({"phase": Phase.RUNNING.value, "job": latest.name})])
             return Plan()
+
+    # 6b. The Job the status records as running is gone (deleted by hand, or lost with its namespace).
+    if status.phase == Phase.RUNNING and status.job and all(job.name != status.job for job in jobs):
+        return Plan(_job_vanished(conversation, status.job, now))
 
     # 7. A new request starts the next turn.
     newest_handled = max(ts_value(status.answered_ts), ts_value(status.attempted_ts))
@@ -451,6 +474,21 @@ def _fail_stuck_job(conversation: Conversation, job: JobView, why: str, now: dat
         ),
         Notify(text, Reaction.FAILED, job.requested_ts or conversation.spec.requested_ts),
         RecordEvent("Warning", "WorkerNeverStarted", why),
+    ]
+
+
+def _job_vanished(conversation: Conversation, name: str, now: datetime) -> list[Action]:
+    error = f"the worker Job {name} was deleted before it reported an outcome"
+    text = (
+        "My worker for this thread was removed before it finished. Work up to its last completed step is "
+        "saved; reply here to continue."
+    )
+    return [
+        PatchStatus(
+            {"phase": Phase.FAILED.value, "error": error, "finishedAt": _iso(now), "updatedAt": _iso(now)}
+        ),
+        Notify(text, Reaction.FAILED, conversation.spec.requested_ts),
+        RecordEvent("Warning", "JobVanished", error),
     ]
 
 

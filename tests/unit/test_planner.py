@@ -314,6 +314,8 @@ def test_bad_spec_fails_once_with_a_clear_reason():
     assert "spec.channel is not valid" in problem
     assert "spec.requestedTs is missing" in problem
     assert "owner/name" in (spec_problems(SPEC | {"repository": "nope"}) or "")
+    assert "older than spec.threadTs" in (spec_problems(SPEC | {"requestedTs": "1600000000.000000"}) or "")
+    assert spec_problems(SPEC) is None
     actions = plan_invalid_spec(problem, {}, NOW).actions
     assert status_patch(actions)["phase"] == "Failed"
     assert not plan_invalid_spec(problem, {"phase": "Failed", "error": problem}, NOW)
@@ -321,3 +323,30 @@ def test_bad_spec_fails_once_with_a_clear_reason():
 
 def test_deleting_conversation_needs_nothing():
     assert not plan(conversation(), [job(active=1)], NOW, SETTINGS, deleting=True)
+
+
+def test_a_stale_running_view_never_undoes_a_recorded_outcome():
+    recorded = conversation(
+        phase="Waiting",
+        job=f"{NAME}-t1",
+        turns=1,
+        answeredTs="1700000000.000001",
+        attemptedTs="1700000000.000001",
+        tokens={"input": 10},
+    )
+    assert not plan(recorded, [job(active=1)], NOW, SETTINGS)
+
+
+def test_a_finished_job_waits_for_its_pod_report():
+    conv = conversation(phase="Running", job=f"{NAME}-t1", turns=1)
+    finished = job(complete=True, finished_at=NOW, pods=(PodView(name="p", phase="Running"),))
+    assert not plan(conv, [finished], NOW, SETTINGS)
+    later = NOW + timedelta(minutes=5)
+    assert status_patch(plan(conv, [finished], later, SETTINGS).actions)["phase"] == "Failed"
+
+
+def test_a_recorded_running_job_that_vanished_fails_the_turn():
+    conv = conversation(phase="Running", job=f"{NAME}-t1", turns=1, attemptedTs="1700000000.000001")
+    actions = plan(conv, [], NOW, SETTINGS).actions
+    assert status_patch(actions)["phase"] == "Failed"
+    assert "deleted before it reported" in status_patch(actions)["error"]
