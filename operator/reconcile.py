@@ -85,9 +85,11 @@ class Reconciler:
     _locks: _KeyedLocks = field(default_factory=_KeyedLocks)
 
     def __post_init__(self) -> None:
-        self._custom = client.CustomObjectsApi(self.api)
-        self._batch = client.BatchV1Api(self.api)
-        self._core = client.CoreV1Api(self.api)
+        # The generated client's type stubs know neither plain-dict bodies nor _content_type and
+        # _preload_content, which this code needs; it is used untyped on purpose.
+        self._custom: Any = client.CustomObjectsApi(self.api)
+        self._batch: Any = client.BatchV1Api(self.api)
+        self._core: Any = client.CoreV1Api(self.api)
 
     async def _read(self, name: str) -> dict[str, Any] | None:
         try:
