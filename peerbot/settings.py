@@ -129,6 +129,64 @@ class DispatcherSettings(SlackSettings):
         ge=1,
         json_schema_extra=_hint("set RATE_LIMIT_PER_MINUTE to a whole number of requests, at least 1"),
     )
+    trusted_rate_limit_per_minute: int = Field(
+        default=60,
+        ge=1,
+        json_schema_extra=_hint(
+            "set TRUSTED_RATE_LIMIT_PER_MINUTE to a whole number of requests, at least 1"
+        ),
+    )
+    trusted_users: str = Field(
+        default="",
+        json_schema_extra=_hint("set TRUSTED_USERS to Slack user ids separated by commas (U0123,U0456)"),
+    )
+    allowed_users: str = Field(
+        default="",
+        json_schema_extra=_hint("set ALLOWED_USERS to Slack user ids separated by commas, or leave it empty"),
+    )
+    allowed_channels: str = Field(
+        default="",
+        json_schema_extra=_hint(
+            "set ALLOWED_CHANNELS to Slack channel ids separated by commas, or leave it empty"
+        ),
+    )
+    follow_up_without_mention: bool = Field(
+        default=True, json_schema_extra=_hint("set FOLLOW_UP_WITHOUT_MENTION to true/false")
+    )
+    redis_url: SecretStr | None = Field(
+        default=None,
+        json_schema_extra=_hint("set REDIS_URL to redis://host:6379/0 (shared rate limits), or unset it"),
+    )
+    record_timeout_seconds: float = Field(
+        default=1.5,
+        gt=0,
+        le=2.5,
+        json_schema_extra=_hint("set RECORD_TIMEOUT_SECONDS to seconds (over 0, at most 2.5: Slack waits 3)"),
+    )
+    github_organization: str = Field(
+        default=constants.DEFAULT_GITHUB_ORGANIZATION,
+        json_schema_extra=_hint("set GITHUB_ORGANIZATION to a GitHub organization name"),
+    )
+    session_timeout_minutes: int = Field(
+        default=constants.DEFAULT_SESSION_TIMEOUT_MINUTES,
+        ge=1,
+        le=24 * 60,
+        json_schema_extra=_hint("set SESSION_TIMEOUT_MINUTES to a whole number of minutes, 1 to 1440"),
+    )
+
+    @field_validator("trusted_users", "allowed_users", "allowed_channels")
+    @classmethod
+    def _slack_id_list(cls, value: str) -> str:
+        ids = [item.strip() for item in value.split(",") if item.strip()]
+        bad = [item for item in ids if not re.match(r"^[A-Z0-9]+$", item)]
+        if bad:
+            raise ValueError(f"not Slack ids: {', '.join(bad[:3])} (ids look like U0123ABCD or C0123ABCD)")
+        return ",".join(ids)
+
+    def id_set(self, name: str) -> frozenset[str]:
+        """``trusted_users``, ``allowed_users`` or ``allowed_channels`` as a set of ids."""
+        value = getattr(self, name)
+        return frozenset(item for item in str(value).split(",") if item)
 
     @field_validator("slack_app_token")
     @classmethod
@@ -280,6 +338,38 @@ class WorkerSettings(SlackSettings):
     peerbot_result_file: Path = Field(
         default=Path(constants.DEFAULT_RESULT_FILE),
         json_schema_extra=_hint("set PEERBOT_RESULT_FILE to the file the outcome is written to"),
+    )
+    workspace_dir: Path = Field(
+        default=Path("/workspace"),
+        json_schema_extra=_hint("set WORKSPACE_DIR to a writable folder for the clone and attachments"),
+    )
+    pause_margin_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        le=600,
+        json_schema_extra=_hint("set PAUSE_MARGIN_SECONDS to the seconds kept before the deadline to pause"),
+    )
+    max_tool_calls_per_turn: int = Field(
+        default=60,
+        ge=1,
+        le=1000,
+        json_schema_extra=_hint("set MAX_TOOL_CALLS_PER_TURN to a whole number, 1 to 1000"),
+    )
+    tool_timeout_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        le=3600,
+        json_schema_extra=_hint("set TOOL_TIMEOUT_SECONDS to the seconds one bash command may run"),
+    )
+    tool_output_limit: int = Field(
+        default=30_000,
+        ge=1000,
+        json_schema_extra=_hint("set TOOL_OUTPUT_LIMIT to the characters of tool output shown to Claude"),
+    )
+    anthropic_max_tokens: int = Field(
+        default=8192,
+        ge=256,
+        json_schema_extra=_hint("set ANTHROPIC_MAX_TOKENS to the output token limit of one model step"),
     )
 
     @field_validator("anthropic_api_key")

@@ -56,7 +56,11 @@ def run_operator(operator_env: None, kubernetes_standin: KubernetesStandIn) -> C
             for name, value in env.items():
                 patch.setenv(name, value)
             args = ["run", "--standalone", "--namespace", NAMESPACE, "-m", "peerbot.operator"]
-            with KopfRunner(args, settings=kopf.OperatorSettings(), timeout=10) as runner:
+            settings = kopf.OperatorSettings()
+            # Tests stop the operator after every test: do not keep idle per-object workers around.
+            settings.batching.idle_timeout = 0.2
+            settings.batching.exit_timeout = 0.2
+            with KopfRunner(args, settings=settings, timeout=10) as runner:
                 kubernetes_standin.wait_for_watch("conversations", NAMESPACE, timeout=WAIT)
                 kubernetes_standin.wait_for_watch("jobs", NAMESPACE, timeout=WAIT)
                 try:
