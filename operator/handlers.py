@@ -13,6 +13,7 @@ import logging
 import os
 from typing import Any
 
+import aiohttp
 import kopf
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
@@ -73,6 +74,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     namespace = current_namespace(config.peerbot_namespace)
     api = await api_client()
     slack = AsyncWebClient(
+        session=aiohttp.ClientSession(),  # one connection pool, not a new session per call
         token=config.slack_bot_token.get_secret_value(),
         base_url=config.slack_api_url,
         retry_handlers=[
@@ -115,7 +117,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     if api is not None:
         await api.close()
     slack = memo.get("slack")
-    if slack is not None and getattr(slack, "session", None) is not None:
+    if slack is not None and slack.session is not None:
         await slack.session.close()
 
 

@@ -26,7 +26,9 @@ WORKSPACE_MOUNT = "/workspace"
 #: Finished Jobs are kept an hour for `kubectl logs`, then garbage-collected.
 DEFAULT_JOB_TTL_SECONDS = 3600
 #: The workspace holds one shallow clone; the limit keeps a runaway build from filling the node.
-DEFAULT_WORKSPACE_SIZE = "10Gi"
+DEFAULT_WORKSPACE_SIZE = "6Gi"
+#: emptyDir volumes count against the container's ephemeral-storage limit: workspace + /tmp + logs.
+DEFAULT_EPHEMERAL_STORAGE = "8Gi"
 #: The secrets a worker needs, by environment name, and the key each has in the Secret.
 WORKER_SECRET_KEYS = {
     "SLACK_BOT_TOKEN": "slack-bot-token",
@@ -119,8 +121,17 @@ def build_worker_job(
         "args": ["worker"],
         "env": env,
         "resources": {
-            "requests": {"cpu": settings.cpu, "memory": settings.memory, "ephemeral-storage": "1Gi"},
-            "limits": {"cpu": settings.cpu, "memory": settings.memory, "ephemeral-storage": "2Gi"},
+            # Requests equal limits: GKE Autopilot sets them so anyway, and the turn gets what it asked for.
+            "requests": {
+                "cpu": settings.cpu,
+                "memory": settings.memory,
+                "ephemeral-storage": DEFAULT_EPHEMERAL_STORAGE,
+            },
+            "limits": {
+                "cpu": settings.cpu,
+                "memory": settings.memory,
+                "ephemeral-storage": DEFAULT_EPHEMERAL_STORAGE,
+            },
         },
         "securityContext": {
             "runAsNonRoot": True,

@@ -102,5 +102,9 @@ def _add_service(service: str) -> Any:
 
 
 def get_logger(name: str | None = None, **context: Any) -> Any:
-    """A structlog logger with ``context`` bound (channel, thread, conversation, job...)."""
-    return structlog.get_logger(name).bind(**context)
+    """A structlog logger with ``context`` bound (channel, thread, conversation, job...).
+
+    The logger is a lazy proxy: one made at import time still follows :func:`configure_logging` when that
+    runs later (binding eagerly would freeze structlog's default configuration into it).
+    """
+    return structlog.get_logger(name, **context)

@@ -83,6 +83,19 @@ class SlackSettings(PeerbotSettings):
         json_schema_extra=_hint("set SLACK_TRIGGER_PHRASE to the phrase that calls Peerbot, e.g. @peerbotai"),
     )
 
+    enable_status_reactions: bool = Field(
+        default=True,
+        json_schema_extra=_hint(
+            "set ENABLE_STATUS_REACTIONS to true or false (👀 ⚙️ ✅ ❌ ⏳ on the message)"
+        ),
+    )
+    enable_progress_updates: bool = Field(
+        default=True,
+        json_schema_extra=_hint(
+            "set ENABLE_PROGRESS_UPDATES to true or false (live edits of the status message)"
+        ),
+    )
+
     @field_validator("slack_bot_token")
     @classmethod
     def _bot_token_shape(cls, value: SecretStr) -> SecretStr:

@@ -42,7 +42,7 @@ from peerbot.worker.timing import Clock
 
 ORGANIZATION: Final = "peerbot-community"
 #: The worker's GitHub token in the stand-in (write access to the organisation).
-GITHUB_TOKEN: Final = "ghp_worldworker000000000000000000000000000"
+GITHUB_TOKEN: Final = "ghp_worldworker000000000000000000000000000"  # noqa: S105 (a stand-in token)
 GITHUB_LOGIN: Final = "peerbot-bot"
 #: Prompts shorter than this are not cached by the scripted Claude; Peerbot's prefix is about 700 tokens,
 #: so the world lowers the real minimum (1,024) to see cache hits in small tests.
@@ -285,7 +285,7 @@ class WorkerWorld:
         sleep: Callable[[float], Any] = instant_sleep,
         **pointer_overrides: Any,
     ) -> TurnRun:
-        """One worker turn in a fresh workspace; a :class:`BaseException` raised by ``fault`` escapes as a kill."""
+        """One worker turn in a fresh workspace; a ``BaseException`` raised by ``fault`` escapes as a kill."""
         from peerbot.worker.main import execute
         from peerbot.worker.turn import Dependencies
 

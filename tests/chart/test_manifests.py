@@ -69,7 +69,7 @@ VALUE_SETS: dict[str, tuple[list[str], dict[str, str]]] = {
 #: Kinds from CRDs that kubernetes-validate has no schema for; each is checked by its own test below.
 CUSTOM_KINDS = {("monitoring.googleapis.com/v1", "PodMonitoring")}
 #: Settings the chart sets that no settings class reads yet (proposed to the team; see docs/configuration.md).
-PROPOSED_SETTINGS = {"ENABLE_STATUS_REACTIONS", "ENABLE_PROGRESS_UPDATES"}
+PROPOSED_SETTINGS: set[str] = set()
 #: Read by a client library rather than by Peerbot's settings: google-cloud-storage's default project.
 LIBRARY_SETTINGS = {"GOOGLE_CLOUD_PROJECT"}
 #: Labels that change on every chart upgrade: in a selector they would orphan the old pods.

@@ -145,6 +145,14 @@ def done(answered: str, **extra: Any) -> str:
     return TurnResult(outcome=Outcome.DONE, answeredTs=answered, **extra).to_document()
 
 
+def wait_events(kube: KubernetesStandIn, name: str, reasons: set[str]) -> None:
+    """Wait (bounded) until Events with all ``reasons`` were posted about ``name``."""
+    deadline = time.monotonic() + WAIT
+    while not reasons <= {e["reason"] for e in kube.events(NAMESPACE, involved_name=name)}:
+        assert time.monotonic() < deadline, f"no Events {reasons} about {name}"
+        time.sleep(0.05)
+
+
 def jobs_of(kube: KubernetesStandIn, name: str) -> list[str]:
     return sorted(
         job["metadata"]["name"]
@@ -182,6 +190,9 @@ def test_first_turn_runs_and_kubectl_shows_it(run_operator, thread, kubernetes_s
         assert status["answeredTs"] == thread.thread_ts
         assert status["tokens"]["total"] == 2100
 
+        # kopf posts Events in the background: wait for them while the operator still runs.
+        wait_events(kubernetes_standin, thread.name, {"TurnStarted", "TurnAnswered"})
+
     table = kubectl("get", "conversations").stdout
     header, row = table.strip().splitlines()
     assert header.split() == ["NAME", "CHANNEL", "USER", "PHASE", "TURNS", "TOKENS", "JOB", "AGE"]
@@ -194,9 +205,6 @@ def test_first_turn_runs_and_kubectl_shows_it(run_operator, thread, kubernetes_s
         "2100",
         thread.job(1),
     ]
-    events = [e["reason"] for e in kubernetes_standin.events(NAMESPACE, involved_name=thread.name)]
-    assert "TurnStarted" in events
-    assert "TurnAnswered" in events
 
 
 def test_follow_up_during_a_run_becomes_the_next_turn(run_operator, thread, kubernetes_standin):
@@ -415,8 +423,7 @@ def test_restart_after_creating_a_job_does_not_duplicate_it(run_operator, thread
         status = thread.wait_status(lambda s: s.get("job") == thread.job(1))
         assert status["phase"] == "Running"
         assert jobs_of(kubernetes_standin, thread.name) == [thread.job(1)]
-    events = [e["reason"] for e in kubernetes_standin.events(NAMESPACE, involved_name=thread.name)]
-    assert "Adopted" in events
+        wait_events(kubernetes_standin, thread.name, {"Adopted"})
 
 
 def test_bad_spec_fails_once_without_retrying(run_operator, thread, kubernetes_standin):
