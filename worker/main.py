@@ -57,6 +57,13 @@ def _settings_failure(error: SettingsError) -> int:
     return int(ExitCode.SETTINGS)
 
 
+def _ensure_home() -> None:
+    """In a pod, HOME lies on the empty workspace volume (the root file system is read-only): make it."""
+    home = os.environ.get("HOME")
+    if home:
+        Path(home).mkdir(parents=True, exist_ok=True)
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``peerbot worker`` (see :mod:`peerbot.cli`)."""
     try:
@@ -67,5 +74,6 @@ def run(args: argparse.Namespace) -> int:
     from peerbot.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format, service="peerbot-worker")
+    _ensure_home()
     deps = Dependencies(env=dict(os.environ))
     return asyncio.run(execute(settings, pointers, deps, handle_signals=True))
