@@ -2,23 +2,32 @@
 
 kopf keeps in-memory indexes of the worker Jobs and pods (filled before any handler runs, so a restarted
 operator sees every existing Job before it decides anything), so a reconcile costs one GET of the
-Conversation and no list calls. Conversation changes, Job and pod events, and a slow timer for active
-Conversations all end in the same :meth:`Reconciler.reconcile`.
+Conversation and no list calls. Conversation changes, Job and pod events, and one operator-wide resync
+loop (active Conversations every 15 seconds, idle ones hourly) all end in the same
+:meth:`Reconciler.reconcile`.
+
+Why one resync loop and not ``@kopf.timer`` per Conversation: a kopf timer is an asyncio task per object
+(memory that grows with every finished Conversation), it makes kopf put a finalizer on every Conversation
+(an extra PATCH before the first turn can start, and deletions that wait for the operator), and on
+shutdown kopf's daemon killer stops the timers *before* the per-object workers have drained their queued
+events: an event processed in that window spawns a fresh timer that nothing stops, and kopf then waits its
+fixed 5 seconds for "hung tasks" before cancelling it (kopf 1.45 fixed the same race for pausing, #1272,
+not for exiting). The loop is started in ``@kopf.on.startup`` and stopped first thing in
+``@kopf.on.cleanup``, so the operator stops at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 import logging
 import os
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Final
 
 import aiohttp
 import kopf
-from slack_sdk.http_retry.builtin_async_handlers import (
-    AsyncConnectionErrorRetryHandler,
-    AsyncRateLimitErrorRetryHandler,
-)
 from slack_sdk.web.async_client import AsyncWebClient
 
 from peerbot import constants
@@ -28,18 +37,30 @@ from peerbot.logs import get_logger
 from peerbot.operator.jobs import MANAGED_BY, JobSettings, job_view
 from peerbot.operator.launcher import JobLauncher
 from peerbot.operator.reconcile import Reconciler, planner_settings
+from peerbot.operator.telemetry import Observability
 from peerbot.planner import ClusterView, JobView
 from peerbot.settings import OperatorSettings, load_settings
 
 log = get_logger(__name__)
 
+#: The registry these handlers live in: kopf's default one when this module is first imported, which is
+#: what ``kopf run -m peerbot.operator`` uses. It is named so that whoever runs the operator in-process
+#: (``peerbot operator``, tests, the demo) can pass it explicitly: kopf's test runner replaces the
+#: process-wide default registry with whatever registry it was last given.
+REGISTRY: Final = kopf.get_default_registry()
+
 CONVERSATIONS = (constants.API_GROUP, constants.API_VERSION, constants.CONVERSATION_PLURAL)
 WORKERS = {"app.kubernetes.io/managed-by": MANAGED_BY}
 ACTIVE_PHASES = {None, "", Phase.PENDING.value, Phase.QUEUED.value, Phase.RUNNING.value}
 JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
+#: Conversations the resync loop reconciles at the same time: enough to get through a thousand active
+#: ones well inside the 15-second interval, few enough not to flood the API server with GETs.
+RESYNC_CONCURRENCY: Final = 16
+#: The kopf indexes below, by the keyword name kopf passes them under.
+INDEXES: Final = ("worker_jobs", "worker_pods", "queued_conversations", "conversations_by_activity")
 
 
-@kopf.on.login()
+@kopf.on.login(registry=REGISTRY)
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """In a pod, the service account; elsewhere the kubeconfig named by ``KUBECONFIG`` when kopf runs.
 
@@ -51,8 +72,8 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     return kopf.login_with_kubeconfig(**kwargs)
 
 
-@kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+@kopf.on.startup(registry=REGISTRY)
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
     """Create the clients once and keep them in ``memo``; tune kopf for our resources."""
     config = load_settings(OperatorSettings)
     prefix = constants.KOPF_ANNOTATION_PREFIX
@@ -72,15 +93,14 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # Namespaced: no cluster-wide scanning of namespaces and CRDs (the chart grants nothing cluster-wide).
     settings.scanning.disabled = True
     namespace = current_namespace(config.peerbot_namespace)
+    token = config.metrics_auth_token.get_secret_value() if config.metrics_auth_token else None
+    observability = memo.observability = Observability(token, maintenance=config.peerbot_maintenance)
     api = await api_client()
     slack = AsyncWebClient(
         session=aiohttp.ClientSession(),  # one connection pool, not a new session per call
         token=config.slack_bot_token.get_secret_value(),
         base_url=config.slack_api_url,
-        retry_handlers=[
-            AsyncRateLimitErrorRetryHandler(max_retry_count=2),
-            AsyncConnectionErrorRetryHandler(),
-        ],
+        retry_handlers=observability.slack_retry_handlers(),  # 429 (Retry-After), connections, 5xx; counted
     )
     job_settings = JobSettings(
         namespace=namespace,
@@ -97,22 +117,44 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.config = config
     memo.api = api
     memo.slack = slack
+    memo.closed = False
     memo.reconciler = Reconciler(
         api=api,
         slack=slack,
         launcher=JobLauncher(api, job_settings),
         planner_settings=planner_settings(
-            config.session_timeout_minutes, config.max_concurrent_jobs, config.conversation_retention_days
+            config.session_timeout_minutes,
+            config.max_concurrent_jobs,
+            config.conversation_retention_days,
+            maintenance=config.peerbot_maintenance,
         ),
         namespace=namespace,
+        observer=observability.observer,
+        breakers=observability.breakers,
+        reactions=config.enable_status_reactions,
     )
+    observability.count_phases(kwargs["conversations_by_phase"])
+    await observability.start(api, slack, namespace, config.operator_port)
+    if config.peerbot_maintenance:
+        log.warning("maintenance is on: no new turns start until PEERBOT_MAINTENANCE is switched off")
+    # Indexes are passed to startup handlers too (live objects kopf keeps filling); the loop keeps them.
+    indexes = {name: kwargs[name] for name in INDEXES}
+    memo.resync = asyncio.create_task(_resync_loop(memo, indexes), name="peerbot resync")
     log.info("operator started", namespace=namespace, image=config.worker_image)
 
 
-@kopf.on.cleanup()
+@kopf.on.cleanup(registry=REGISTRY)
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    """Close what startup opened (handlers still in flight see ``closed`` and stop)."""
+    """Stop the resync loop, close what startup opened (handlers still in flight see ``closed``)."""
     memo.closed = True
+    resync: asyncio.Task[None] | None = memo.get("resync")
+    if resync is not None:
+        resync.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await resync
+    observability: Observability | None = memo.get("observability")
+    if observability is not None:
+        await observability.stop()
     api = memo.get("api")
     if api is not None:
         await api.close()
@@ -128,14 +170,14 @@ def _snapshot(body: kopf.Body) -> dict[str, Any]:
     return {"metadata": copy.deepcopy(dict(body.metadata)), "status": copy.deepcopy(dict(body.status))}
 
 
-@kopf.index("batch", "v1", "jobs", labels=WORKERS)
+@kopf.index("batch", "v1", "jobs", labels=WORKERS, registry=REGISTRY)
 def worker_jobs(body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, Any]] | None:
     """Worker Jobs by Conversation name."""
     conversation = labels.get(constants.LABEL_CONVERSATION)
     return {conversation: _snapshot(body)} if conversation else None
 
 
-@kopf.index("", "v1", "pods", labels=WORKERS)
+@kopf.index("", "v1", "pods", labels=WORKERS, registry=REGISTRY)
 def worker_pods(body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, Any]] | None:
     """Worker pods by Job name (from the owner reference the Job controller sets, else its labels)."""
     for owner in body.metadata.get("ownerReferences") or []:
@@ -147,7 +189,19 @@ def worker_pods(body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[str, dic
     return None
 
 
-@kopf.index(*CONVERSATIONS)
+@kopf.index(*CONVERSATIONS, registry=REGISTRY)
+def conversations_by_activity(name: str, status: kopf.Status, **_: Any) -> dict[str, str]:
+    """Conversation names under ``active`` (pending, queued, running) or ``idle``: what the resync reads."""
+    return {"active" if status.get("phase") in ACTIVE_PHASES else "idle": name}
+
+
+@kopf.index(*CONVERSATIONS, registry=REGISTRY)
+def conversations_by_phase(name: str, status: kopf.Status, **_: Any) -> dict[str, str]:
+    """Conversation names by phase: the operator's ``conversations{phase}`` gauge counts them."""
+    return {str(status.get("phase") or Phase.PENDING.value): name}
+
+
+@kopf.index(*CONVERSATIONS, registry=REGISTRY)
 def queued_conversations(
     name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
 ) -> dict[str, tuple[str, str]] | None:
@@ -191,37 +245,48 @@ async def _reconcile(memo: kopf.Memo, name: str, indexes: dict[str, Any]) -> Non
 # --- Handlers ------------------------------------------------------------------------------------------
 
 
-@kopf.on.resume(*CONVERSATIONS)
-@kopf.on.create(*CONVERSATIONS)
-@kopf.on.update(*CONVERSATIONS)
+@kopf.on.resume(*CONVERSATIONS, registry=REGISTRY)
+@kopf.on.create(*CONVERSATIONS, registry=REGISTRY)
+@kopf.on.update(*CONVERSATIONS, registry=REGISTRY)
 async def conversation_changed(name: str, memo: kopf.Memo, **kwargs: Any) -> None:
     """A new thread, a follow-up, a cancel, or an operator restart."""
     await _reconcile(memo, name, kwargs)
 
 
-def _is_active(status: kopf.Status, **_: Any) -> bool:
-    return status.get("phase") in ACTIVE_PHASES
+async def _resync_once(memo: kopf.Memo, names: list[str], indexes: Mapping[str, Any]) -> None:
+    """Reconcile ``names``, a few at a time; a failure is logged and left to the next round."""
+    limit = asyncio.Semaphore(RESYNC_CONCURRENCY)
+
+    async def one(name: str) -> None:
+        async with limit:
+            if memo.get("closed"):
+                return
+            try:
+                await _reconcile(memo, name, dict(indexes))
+            except (kopf.TemporaryError, kopf.PermanentError) as error:
+                log.warning("resync deferred", conversation=name, error=str(error))
+            except Exception:  # one Conversation's trouble must not stop the loop
+                log.exception("resync failed", conversation=name)
+
+    await asyncio.gather(*(one(name) for name in names))
 
 
-@kopf.timer(*CONVERSATIONS, interval=constants.RECONCILE_INTERVAL_SECONDS, when=_is_active)
-async def recheck_active(name: str, memo: kopf.Memo, **kwargs: Any) -> None:
-    """The floor under the events: an active Conversation is re-planned now and then."""
-    await _reconcile(memo, name, kwargs)
-
-
-def _is_idle(status: kopf.Status, **_: Any) -> bool:
-    return status.get("phase") not in ACTIVE_PHASES
-
-
-@kopf.timer(
-    *CONVERSATIONS,
-    interval=constants.IDLE_SWEEP_INTERVAL_SECONDS,
-    initial_delay=constants.IDLE_SWEEP_INTERVAL_SECONDS,  # resume handlers already look at every one at start
-    when=_is_idle,
-)
-async def sweep_idle(name: str, memo: kopf.Memo, **kwargs: Any) -> None:
-    """Idle Conversations are looked at now and then, so the retention applies without any event."""
-    await _reconcile(memo, name, kwargs)
+async def _resync_loop(memo: kopf.Memo, indexes: Mapping[str, Any]) -> None:
+    """The floor under the events: active Conversations are re-planned every
+    ``RECONCILE_INTERVAL_SECONDS`` (a missed watch event, the capacity queue moving along), idle ones every
+    ``IDLE_SWEEP_INTERVAL_SECONDS`` so the retention applies without any event. The resume handlers already
+    look at every Conversation at start, so the first round waits one interval. Cancelled by cleanup.
+    """
+    loop = asyncio.get_running_loop()
+    next_idle_sweep = loop.time() + constants.IDLE_SWEEP_INTERVAL_SECONDS
+    while not memo.get("closed"):
+        await asyncio.sleep(constants.RECONCILE_INTERVAL_SECONDS)  # a schedule, not synchronisation
+        by_activity = indexes["conversations_by_activity"]
+        names = list(by_activity.get("active", []))
+        if loop.time() >= next_idle_sweep:
+            names += list(by_activity.get("idle", []))
+            next_idle_sweep = loop.time() + constants.IDLE_SWEEP_INTERVAL_SECONDS
+        await _resync_once(memo, names, indexes)
 
 
 async def _after_worker_event(labels: kopf.Labels, memo: kopf.Memo, indexes: dict[str, Any]) -> None:
@@ -239,13 +304,13 @@ async def _after_worker_event(labels: kopf.Labels, memo: kopf.Memo, indexes: dic
         log.warning("reconcile after worker event deferred", conversation=conversation, error=str(error))
 
 
-@kopf.on.event("batch", "v1", "jobs", labels=WORKERS)
+@kopf.on.event("batch", "v1", "jobs", labels=WORKERS, registry=REGISTRY)
 async def job_event(labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None:
     """A worker Job changed (finished, failed, deleted): record it and start what waits."""
     await _after_worker_event(labels, memo, kwargs)
 
 
-@kopf.on.event("", "v1", "pods", labels=WORKERS)
+@kopf.on.event("", "v1", "pods", labels=WORKERS, registry=REGISTRY)
 async def pod_event(labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None:
     """A worker pod changed: a pull failure or eviction shows here before the Job says anything."""
     await _after_worker_event(labels, memo, kwargs)

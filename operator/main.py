@@ -16,11 +16,12 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level, settings.log_format, service="operator")
     import kopf
 
-    import peerbot.operator  # noqa: F401  (registers the handlers)
+    from peerbot.operator.handlers import REGISTRY
 
     namespace = current_namespace(settings.peerbot_namespace)
     asyncio.run(
         kopf.operator(
+            registry=REGISTRY,
             standalone=True,
             namespaces=[namespace],
             liveness_endpoint=getattr(args, "liveness", None),

@@ -20,6 +20,7 @@ from kopf.testing import KopfRunner
 
 from peerbot.conversation import ConversationSpec, Tokens
 from peerbot.naming import conversation_name
+from peerbot.operator.handlers import REGISTRY
 from peerbot.operator.jobs import JobSettings, build_worker_job
 from peerbot.planner import TurnRequest
 from peerbot.result import ErrorKind, Outcome, TurnError, TurnResult
@@ -60,7 +61,7 @@ def run_operator(operator_env: None, kubernetes_standin: KubernetesStandIn) -> C
             # Tests stop the operator after every test: do not keep idle per-object workers around.
             settings.batching.idle_timeout = 0.2
             settings.batching.exit_timeout = 0.2
-            with KopfRunner(args, settings=settings, timeout=10) as runner:
+            with KopfRunner(args, registry=REGISTRY, settings=settings, timeout=10) as runner:
                 kubernetes_standin.wait_for_watch("conversations", NAMESPACE, timeout=WAIT)
                 kubernetes_standin.wait_for_watch("jobs", NAMESPACE, timeout=WAIT)
                 try:
