@@ -30,20 +30,19 @@ from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.adapter.socket_mode.async_internals import run_async_bolt_app, send_async_response
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
-from slack_sdk.http_retry.builtin_async_handlers import (
-    AsyncConnectionErrorRetryHandler,
-    AsyncRateLimitErrorRetryHandler,
-)
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.socket_mode.aiohttp import SocketModeClient
 from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.web.async_client import AsyncWebClient
 
 from peerbot.dispatcher import actions, commands, events, middleware
-from peerbot.dispatcher.metrics import CONTENT_TYPE, Metrics
+from peerbot.dispatcher.metrics import Metrics
 from peerbot.dispatcher.ratelimit import RateLimiter
 from peerbot.dispatcher.service import Dispatcher
 from peerbot.dispatcher.store import ConversationStore, explain
+from peerbot.health import Uptime, health_body, ready_body
+from peerbot.metrics import metrics_handler
+from peerbot.resilience import Dependency, slack_retry_handlers
 from peerbot.settings import DispatcherSettings
 
 #: Lazy: bound at the first log call, so it follows configure_logging() whenever that runs.
@@ -110,6 +109,7 @@ class DispatcherApp:
         self._port: int | None = None
         self._host = "127.0.0.1"
         self._slack_auth = _SlackAuth()
+        self.uptime = Uptime()
 
     @property
     def socket_mode(self) -> bool:
@@ -190,6 +190,8 @@ class DispatcherApp:
         if self.socket_handler is not None:
             connected = await self.socket_handler.client.is_connected()
             checks["socket_mode"] = "ok" if connected else "not connected to Slack"
+        for dependency, state in self.dispatcher.breakers.states().items():
+            checks[f"circuit:{dependency}"] = state
         return checks
 
     async def _check_slack(self) -> str:
@@ -210,22 +212,22 @@ class DispatcherApp:
         return auth.detail
 
     async def _health(self, _request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        return web.json_response(health_body("dispatcher", self.uptime))
 
     async def _ready(self, _request: web.Request) -> web.Response:
         checks = await self.readiness()
-        ready = all(value == "ok" for value in checks.values())
-        return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
-
-    async def _metrics(self, _request: web.Request) -> web.Response:
-        response = web.Response(body=self.metrics.render())
-        response.headers["Content-Type"] = CONTENT_TYPE
-        return response
+        body, ready = ready_body(
+            "dispatcher", self.uptime, checks, maintenance=self.settings.peerbot_maintenance
+        )
+        return web.json_response(body, status=200 if ready else 503)
 
     def add_routes(self) -> None:
+        token = self.settings.metrics_auth_token
         self.web_app.router.add_get("/health", self._health)
         self.web_app.router.add_get("/ready", self._ready)
-        self.web_app.router.add_get("/metrics", self._metrics)
+        self.web_app.router.add_get(
+            "/metrics", metrics_handler(self.metrics.render, token.get_secret_value() if token else None)
+        )
 
 
 def _events_middleware(metrics: Metrics, signing_secret: str) -> Callable[..., Awaitable[web.StreamResponse]]:
@@ -249,7 +251,7 @@ def _events_middleware(metrics: Metrics, signing_secret: str) -> Callable[..., A
             return await handler(request)
         except ValueError as error:  # json.JSONDecodeError and friends, raised while parsing the body
             body = await request.read()
-            if not verifier.is_valid_request(body, dict(request.headers)):
+            if not _signed_by_slack(verifier, body, request):
                 return web.Response(status=401, text="invalid request signature")
             metrics.event("unknown", "rejected_malformed")
             log.warning("malformed Slack payload acknowledged and dropped", error=str(error)[:200])
@@ -258,6 +260,16 @@ def _events_middleware(metrics: Metrics, signing_secret: str) -> Callable[..., A
             metrics.ack_seconds.labels(transport="http").observe(time.perf_counter() - start)
 
     return guard
+
+
+def _signed_by_slack(verifier: SignatureVerifier, body: bytes, request: web.Request) -> bool:
+    """Whether Slack signed this request. Slack's bodies are always UTF-8: one that is not (invalid bytes)
+    never came from Slack, so it is refused like a bad signature instead of failing the signature check
+    itself (slack_sdk's verifier decodes the body first and would raise, answering 500)."""
+    try:
+        return verifier.is_valid_request(body, dict(request.headers))
+    except UnicodeDecodeError:
+        return False
 
 
 async def _close_web_client(slack: AsyncWebClient) -> None:
@@ -273,7 +285,7 @@ async def _close_storage(limiter: RateLimiter) -> None:
         await asyncio.gather(timer, return_exceptions=True)
 
 
-def slack_client(settings: DispatcherSettings) -> AsyncWebClient:
+def slack_client(settings: DispatcherSettings, metrics: Metrics | None = None) -> AsyncWebClient:
     """The Web API client: ``SLACK_API_URL``, the bot token, and retries that honour ``Retry-After``.
 
     It gets one aiohttp session for its lifetime: without one, ``AsyncWebClient`` opens (and closes) a new
@@ -285,10 +297,12 @@ def slack_client(settings: DispatcherSettings) -> AsyncWebClient:
         base_url=settings.slack_api_url,
         session=aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SLACK_REQUEST_TIMEOUT_SECONDS)),
         timeout=int(SLACK_REQUEST_TIMEOUT_SECONDS),
-        retry_handlers=[
-            AsyncConnectionErrorRetryHandler(max_retry_count=1),
-            AsyncRateLimitErrorRetryHandler(max_retry_count=SLACK_RATE_LIMIT_RETRIES),
-        ],
+        retry_handlers=slack_retry_handlers(
+            lambda reason: metrics.resilience.retry(Dependency.SLACK, reason) if metrics else None,
+            rate_limit_retries=SLACK_RATE_LIMIT_RETRIES,
+            connection_retries=1,
+            server_error_retries=0,
+        ),
     )
 
 
@@ -307,7 +321,7 @@ async def build_dispatcher(
     settings.check_mode()
     socket_mode = settings.slack_app_token is not None
     metrics = Metrics()
-    web_client = slack or slack_client(settings)
+    web_client = slack or slack_client(settings, metrics)
     store = ConversationStore(kube_client, namespace)
     limiter = RateLimiter(
         per_minute=settings.rate_limit_per_minute,

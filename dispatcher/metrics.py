@@ -11,14 +11,22 @@ Names (all prefixed ``peerbot_dispatcher_``):
 - ``conversation_writes_total{outcome}``: Conversation writes: ``created``, ``updated``, ``unchanged``,
   ``cancel_requested``, ``failed``.
 - ``errors_total{kind}``: errors by kind (``kubernetes``, ``kubernetes_timeout``, ``slack``, ``listener``...).
+- ``first_reply_seconds``: from the message that asked (its Slack timestamp) to the dispatcher's first reply
+  in the thread (the status message, or 👀 when progress updates are off).
+- ``maintenance``: 1 while the maintenance switch is on.
+- The shared ones of :class:`peerbot.metrics.ResilienceMetrics`: ``retries_total{dependency, reason}``,
+  ``circuit_breaker_state{dependency}``, ``circuit_breaker_opened_total{dependency}``,
+  ``slack_fallbacks_total{reason}``.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from peerbot.metrics import FIRST_PROGRESS_BUCKETS, ResilienceMetrics
 
 PREFIX: Final = "peerbot_dispatcher"
 #: Slack's deadline is 3 s and we aim for well under one; buckets resolve the interesting part finely.
@@ -61,6 +69,16 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+        self.first_reply_seconds = Histogram(
+            f"{PREFIX}_first_reply_seconds",
+            "Seconds from the message that asked to the dispatcher's first reply in the thread.",
+            buckets=FIRST_PROGRESS_BUCKETS,
+            registry=self.registry,
+        )
+        self.maintenance = Gauge(
+            f"{PREFIX}_maintenance", "1 while the maintenance switch is on.", registry=self.registry
+        )
+        self.resilience = ResilienceMetrics(PREFIX, self.registry)
 
     def event(self, event_type: str, outcome: str) -> None:
         self.events.labels(type=event_type or "unknown", outcome=outcome).inc()

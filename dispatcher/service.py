@@ -31,6 +31,7 @@ from pydantic import ValidationError
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from peerbot.audit import audit
 from peerbot.conversation import ConversationSpec, Phase
 from peerbot.dispatcher import replies
 from peerbot.dispatcher.cache import (
@@ -71,8 +72,9 @@ from peerbot.dispatcher.store import (
 )
 from peerbot.naming import conversation_name, is_dns_label
 from peerbot.planner import Reaction
+from peerbot.resilience import Breakers, CircuitOpen, Dependency, post_with_fallback, slack_error_code
 from peerbot.settings import DispatcherSettings
-from peerbot.slack_messages import ACTION_CONTINUE, ACTION_STOP, plain_text_fallback
+from peerbot.slack_messages import ACTION_CONTINUE, ACTION_STOP
 
 #: Lazy: bound at the first log call, so it follows configure_logging() whenever that runs.
 log = structlog.get_logger(__name__)
@@ -275,6 +277,12 @@ class Dispatcher:
         )
         self.allowed_users = settings.id_set("allowed_users")
         self.allowed_channels = settings.id_set("allowed_channels")
+        #: Circuit breakers by dependency: Slack's opens after repeated failures to post, so an outage is
+        #: not hammered (the record is durable already; the thread is told when Slack is back).
+        self.breakers = Breakers(listeners=[metrics.resilience.breaker_listener()])
+        self.breakers[Dependency.SLACK]  # made now, so /ready shows it from the start
+        metrics.resilience.watch(Dependency.SLACK)
+        metrics.maintenance.set(1 if settings.peerbot_maintenance else 0)
 
     # --- shared pieces ------------------------------------------------------------------------------------
 
@@ -539,10 +547,13 @@ class Dispatcher:
         conversation = announce.recorded.conversation
         phase = (conversation.get("status") or {}).get("phase")
         behind = announce.recorded.outcome is WriteOutcome.UPDATED and phase == Phase.RUNNING
-        status_ts = await self.post(
-            where,
-            replies.queued_message(announce.name, behind_running_turn=behind, files=announce.files),
-        )
+        status_ts: str | None = None
+        if self.settings.enable_progress_updates:  # off: no status message (the worker posts none either)
+            status_ts = await self.post(
+                where,
+                replies.queued_message(announce.name, behind_running_turn=behind, files=announce.files),
+            )
+            self._first_reply(announce.requested_ts, status_ts)
         if status_ts is not None:
             try:
                 await self.store.set_status_message(announce.name, announce.requested_ts, status_ts)
@@ -552,68 +563,101 @@ class Dispatcher:
                 log.warning(
                     "could not record the status message", conversation=announce.name, error=str(failure)
                 )
-        await self.react(where.channel, where.message_ts, SEEN_REACTION)
+        if await self.react(where.channel, where.message_ts, SEEN_REACTION) and status_ts is None:
+            self._first_reply(announce.requested_ts, "reaction")
         if announce.long_text_length:
             await self.post(where, replies.too_long(announce.long_text_length))
         if announce.paused_blocks is not None:
             await self.close_paused_message(where, announce.paused_blocks)
         info = await self.user_info(where.user)
-        log.info(
-            "request recorded",
-            audit=True,
-            conversation=announce.name,
+        spec = conversation.get("spec") or {}
+        audit(
+            "request",
+            service="dispatcher",
+            actor=where.user,
+            action="continue" if announce.paused_blocks is not None else "request",
             outcome=announce.recorded.outcome.value,
-            user=where.user,
-            user_name=info.get("name"),
+            team=spec.get("team"),
             channel=where.channel,
             thread=where.thread_ts,
+            conversation=announce.name,
+            repository=spec.get("repository"),
             message=announce.requested_ts,
+            user_name=info.get("name"),
             files=announce.files,
         )
+
+    def _first_reply(self, requested_ts: str, posted: str | None) -> None:
+        """Observe the time from the message that asked (its Slack timestamp) to our first reply."""
+        if posted is None:
+            return
+        try:
+            asked = float(requested_ts)
+        except ValueError:
+            return
+        self.metrics.first_reply_seconds.observe(max(0.0, self.clock().timestamp() - asked))
 
     async def post(self, where: Where, message: dict[str, Any], *, ephemeral: bool = False) -> str | None:
         """Post in the thread (or to the asker only); re-sent as plain text if Slack rejects the blocks.
 
         Returns the message's ``ts`` (``None`` for ephemeral messages and failures, which are logged).
         """
-        for attempt in (message, plain_text_fallback(message)):
-            try:
-                if ephemeral:
-                    await self.slack.chat_postEphemeral(
-                        channel=where.channel,
-                        user=where.user,
-                        thread_ts=where.thread_ts,
-                        text=attempt["text"],
-                        blocks=attempt.get("blocks"),
-                    )
-                    return None
-                answer = await self.slack.chat_postMessage(
-                    channel=where.channel,
-                    thread_ts=where.thread_ts,
-                    text=attempt["text"],
-                    blocks=attempt.get("blocks"),
-                    unfurl_links=False,
-                    unfurl_media=False,
-                )
-                ts = answer.get("ts")
-                return ts if isinstance(ts, str) else None
-            except SlackApiError as error:
-                code = error.response.get("error")
-                if code in BLOCK_ERRORS and "blocks" in attempt:
-                    log.warning("Slack rejected a message's blocks; sending it as text", error=code)
-                    continue
-                self.metrics.error("slack")
-                log.warning("could not post in the thread", channel=where.channel, error=code)
-                return None
-        return None
+        payload: dict[str, Any] = {
+            "channel": where.channel,
+            "thread_ts": where.thread_ts,
+            "text": message["text"],
+        }
+        if message.get("blocks") is not None:
+            payload["blocks"] = message["blocks"]
+        if ephemeral:
+            payload["user"] = where.user
+        else:
+            payload |= {"unfurl_links": False, "unfurl_media": False}
+        try:
+            answer = await post_with_fallback(
+                self.slack,
+                "chat.postEphemeral" if ephemeral else "chat.postMessage",
+                payload,
+                on_fallback=self.metrics.resilience.fallback,
+                breaker=self.breakers[Dependency.SLACK],
+                channel=where.channel,
+                thread=where.thread_ts,
+            )
+        except CircuitOpen as error:
+            self.metrics.error("slack_circuit_open")
+            log.warning(
+                "not posting in the thread: Slack keeps failing", channel=where.channel, error=str(error)
+            )
+            return None
+        except SlackApiError as error:
+            self.metrics.error("slack")
+            log.warning("could not post in the thread", channel=where.channel, error=slack_error_code(error))
+            return None
+        except (OSError, TimeoutError) as error:
+            self.metrics.error("slack_unreachable")
+            log.warning("could not reach Slack to post", channel=where.channel, error=type(error).__name__)
+            return None
+        if ephemeral:
+            return None
+        ts = answer.get("ts")
+        return ts if isinstance(ts, str) else None
 
-    async def react(self, channel: str, ts: str, name: str) -> None:
+    async def react(self, channel: str, ts: str, name: str) -> bool:
+        """Add a reaction (unless ``ENABLE_STATUS_REACTIONS`` is off); ``True`` when it is there."""
+        if not self.settings.enable_status_reactions:
+            return False
         try:
             await self.slack.reactions_add(channel=channel, timestamp=ts, name=name)
         except SlackApiError as error:
             if error.response.get("error") not in HARMLESS_REACTION_ERRORS:
                 self.metrics.error("slack")
                 log.warning("could not add a reaction", channel=channel, error=error.response.get("error"))
+                return False
+        except (OSError, TimeoutError) as error:
+            self.metrics.error("slack_unreachable")
+            log.warning("could not reach Slack to react", channel=channel, error=type(error).__name__)
+            return False
+        return True
 
     async def close_paused_message(self, where: Where, blocks: list[dict[str, Any]]) -> None:
         """Replace the Continue button of a paused message with who pressed it (no second press)."""

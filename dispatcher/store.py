@@ -9,6 +9,10 @@ Exactly once per request, however often Slack retries and however many replicas 
   finds its message no newer than what is recorded, and stops (:attr:`WriteOutcome.UNCHANGED`).
 
 Only the writer that got ``CREATED`` or ``UPDATED`` posts the status message and the reactions.
+
+The dispatcher needs only the five calls of :class:`ConversationBackend`; ``peerbot local`` satisfies them
+with Conversations in a folder (:mod:`peerbot.local.store`), applying the very patches built here
+(:func:`new_conversation`, :func:`follow_up_patch`, :func:`status_message_patch`, :func:`cancel_patch`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import aiohttp
 from kubernetes_asyncio import client
@@ -178,6 +182,113 @@ def _pending_files(
     return json.dumps(kept, separators=(",", ":"), sort_keys=True) if kept else None
 
 
+class ConversationBackend(Protocol):
+    """What the dispatcher needs from wherever Conversations live (the Kubernetes API, or a folder).
+
+    Every implementation keeps the same promises: ``record`` is idempotent and moves ``requestedTs``
+    forward only; ``set_status_message`` writes nothing once a newer request is recorded. Errors are
+    the backend's own exceptions or :class:`StoreError` (:func:`explain` turns either into words).
+    """
+
+    async def get(self, name: str) -> dict[str, Any] | None:
+        """The Conversation, or ``None`` when there is none."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise unless Conversations can be read (readiness)."""
+        ...
+
+    async def record(self, request: RequestRecord, known: Mapping[str, Any] | None = None) -> Recorded:
+        """Create the thread's Conversation, or move its ``requestedTs`` forward to this request."""
+        ...
+
+    async def set_status_message(self, name: str, requested_ts: str, message_ts: str) -> bool:
+        """Point the Conversation at the status message of ``requested_ts``; ``False`` if it moved on."""
+        ...
+
+    async def request_cancel(self, name: str, at: datetime) -> dict[str, Any]:
+        """Set ``spec.cancelRequestedAt``; returns the Conversation as it now stands."""
+        ...
+
+
+def new_conversation(request: RequestRecord) -> dict[str, Any]:
+    """The Conversation object that records a thread's first request (labels, files annotation, spec)."""
+    spec = request.spec
+    metadata: dict[str, Any] = {
+        "name": request.name,
+        "labels": {
+            constants.LABEL_TEAM: label_value(spec.team),
+            constants.LABEL_CHANNEL: label_value(spec.channel),
+            constants.LABEL_USER: label_value(spec.user),
+            MANAGED_BY_LABEL: MANAGED_BY,
+        },
+    }
+    files = _pending_files({}, None, request.files, spec.requested_ts)
+    if files:
+        metadata["annotations"] = {FILES_ANNOTATION: files}
+    return {
+        "apiVersion": f"{constants.API_GROUP}/{constants.API_VERSION}",
+        "kind": constants.CONVERSATION_KIND,
+        "metadata": metadata,
+        "spec": spec.to_api(),
+    }
+
+
+def follow_up_patch(current: Mapping[str, Any], request: RequestRecord) -> list[dict[str, Any]] | None:
+    """The JSON patch (RFC 6902) moving ``current`` to this request, or ``None`` when it is not newer.
+
+    Its first operation *tests* the ``requestedTs`` just read, so of two racing writers only one applies.
+    """
+    spec = current.get("spec") or {}
+    recorded = spec.get("requestedTs")
+    wanted = request.spec.requested_ts
+    if ts_value(wanted) <= ts_value(recorded):
+        return None
+    ops: list[dict[str, Any]] = [
+        # The guard: only the writer that read this exact value may move it.
+        {"op": "test", "path": "/spec/requestedTs", "value": recorded},
+        {"op": "replace", "path": "/spec/requestedTs", "value": wanted},
+    ]
+    if request.spec.repository and request.spec.repository != spec.get("repository"):
+        ops.append({"op": "add", "path": "/spec/repository", "value": request.spec.repository})
+    if spec.get("statusMessageTs"):
+        # The previous turn's status message is finished; a worker started before the new one is
+        # posted must not take it over.
+        ops.append({"op": "remove", "path": "/spec/statusMessageTs"})
+    metadata = current.get("metadata") or {}
+    annotations = metadata.get("annotations") or {}
+    answered = (current.get("status") or {}).get("answeredTs")
+    files = _pending_files(annotations, answered, request.files, wanted)
+    if files != annotations.get(FILES_ANNOTATION):
+        if "annotations" not in metadata:
+            ops.append({"op": "add", "path": "/metadata/annotations", "value": {FILES_ANNOTATION: files}})
+        elif files is None:
+            ops.append({"op": "remove", "path": f"/metadata/annotations/{_pointer(FILES_ANNOTATION)}"})
+        else:
+            ops.append(
+                {
+                    "op": "add",
+                    "path": f"/metadata/annotations/{_pointer(FILES_ANNOTATION)}",
+                    "value": files,
+                }
+            )
+    return ops
+
+
+def status_message_patch(requested_ts: str, message_ts: str) -> list[dict[str, Any]]:
+    """The JSON patch pointing the Conversation at a status message while ``requested_ts`` is the newest."""
+    return [
+        {"op": "test", "path": "/spec/requestedTs", "value": requested_ts},
+        {"op": "add", "path": "/spec/statusMessageTs", "value": message_ts},
+    ]
+
+
+def cancel_patch(at: datetime) -> dict[str, Any]:
+    """The merge patch (RFC 7386) asking for a cancel at ``at`` (RFC 3339, UTC)."""
+    stamp = at.isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return {"spec": {"cancelRequestedAt": stamp}}
+
+
 class ConversationStore:
     """Conversations in one namespace, through ``kubernetes_asyncio``'s CustomObjectsApi."""
 
@@ -225,25 +336,7 @@ class ConversationStore:
         return dict(patched)
 
     def _new_object(self, request: RequestRecord) -> dict[str, Any]:
-        spec = request.spec
-        metadata: dict[str, Any] = {
-            "name": request.name,
-            "labels": {
-                constants.LABEL_TEAM: label_value(spec.team),
-                constants.LABEL_CHANNEL: label_value(spec.channel),
-                constants.LABEL_USER: label_value(spec.user),
-                MANAGED_BY_LABEL: MANAGED_BY,
-            },
-        }
-        files = _pending_files({}, None, request.files, spec.requested_ts)
-        if files:
-            metadata["annotations"] = {FILES_ANNOTATION: files}
-        return {
-            "apiVersion": f"{constants.API_GROUP}/{constants.API_VERSION}",
-            "kind": constants.CONVERSATION_KIND,
-            "metadata": metadata,
-            "spec": spec.to_api(),
-        }
+        return new_conversation(request)
 
     async def record(self, request: RequestRecord, known: Mapping[str, Any] | None = None) -> Recorded:
         """Create the thread's Conversation, or move its ``requestedTs`` forward to this request.
@@ -288,41 +381,7 @@ class ConversationStore:
     def _follow_up_patch(
         self, current: Mapping[str, Any], request: RequestRecord
     ) -> list[dict[str, Any]] | None:
-        """The JSON patch moving ``current`` to this request, or ``None`` when it is not newer."""
-        spec = current.get("spec") or {}
-        recorded = spec.get("requestedTs")
-        wanted = request.spec.requested_ts
-        if ts_value(wanted) <= ts_value(recorded):
-            return None
-        ops: list[dict[str, Any]] = [
-            # The guard: only the writer that read this exact value may move it.
-            {"op": "test", "path": "/spec/requestedTs", "value": recorded},
-            {"op": "replace", "path": "/spec/requestedTs", "value": wanted},
-        ]
-        if request.spec.repository and request.spec.repository != spec.get("repository"):
-            ops.append({"op": "add", "path": "/spec/repository", "value": request.spec.repository})
-        if spec.get("statusMessageTs"):
-            # The previous turn's status message is finished; a worker started before the new one is
-            # posted must not take it over.
-            ops.append({"op": "remove", "path": "/spec/statusMessageTs"})
-        metadata = current.get("metadata") or {}
-        annotations = metadata.get("annotations") or {}
-        answered = (current.get("status") or {}).get("answeredTs")
-        files = _pending_files(annotations, answered, request.files, wanted)
-        if files != annotations.get(FILES_ANNOTATION):
-            if "annotations" not in metadata:
-                ops.append({"op": "add", "path": "/metadata/annotations", "value": {FILES_ANNOTATION: files}})
-            elif files is None:
-                ops.append({"op": "remove", "path": f"/metadata/annotations/{_pointer(FILES_ANNOTATION)}"})
-            else:
-                ops.append(
-                    {
-                        "op": "add",
-                        "path": f"/metadata/annotations/{_pointer(FILES_ANNOTATION)}",
-                        "value": files,
-                    }
-                )
-        return ops
+        return follow_up_patch(current, request)
 
     async def set_status_message(self, name: str, requested_ts: str, message_ts: str) -> bool:
         """Point the Conversation at the status message posted for ``requested_ts``.
@@ -330,12 +389,8 @@ class ConversationStore:
         ``False`` (and nothing written) when a newer request has been recorded meanwhile: its own
         status message wins.
         """
-        patch = [
-            {"op": "test", "path": "/spec/requestedTs", "value": requested_ts},
-            {"op": "add", "path": "/spec/statusMessageTs", "value": message_ts},
-        ]
         try:
-            await self._patch(name, patch, JSON_PATCH)
+            await self._patch(name, status_message_patch(requested_ts, message_ts), JSON_PATCH)
         except ApiException as error:
             if error.status in (404, 409, 422):
                 return False
@@ -344,5 +399,4 @@ class ConversationStore:
 
     async def request_cancel(self, name: str, at: datetime) -> dict[str, Any]:
         """Ask the operator to cancel: set ``spec.cancelRequestedAt`` (RFC 3339, UTC)."""
-        stamp = at.isoformat(timespec="microseconds").replace("+00:00", "Z")
-        return await self._patch(name, {"spec": {"cancelRequestedAt": stamp}}, MERGE_PATCH)
+        return await self._patch(name, cancel_patch(at), MERGE_PATCH)

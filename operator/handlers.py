@@ -30,14 +30,15 @@ import aiohttp
 import kopf
 from slack_sdk.web.async_client import AsyncWebClient
 
-from peerbot import constants
+from peerbot import claim, constants
 from peerbot.conversation import Phase
 from peerbot.kube import POD_NAMESPACE_FILE, api_client, current_namespace
 from peerbot.logs import get_logger
 from peerbot.operator.jobs import MANAGED_BY, JobSettings, job_view
-from peerbot.operator.launcher import JobLauncher
+from peerbot.operator.pool import WarmPool, index_source, warm_launcher
 from peerbot.operator.reconcile import Reconciler, planner_settings
 from peerbot.operator.telemetry import Observability
+from peerbot.operator.warm import warm_job_view
 from peerbot.planner import ClusterView, JobView
 from peerbot.settings import OperatorSettings, load_settings
 
@@ -57,7 +58,15 @@ JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
 #: ones well inside the 15-second interval, few enough not to flood the API server with GETs.
 RESYNC_CONCURRENCY: Final = 16
 #: The kopf indexes below, by the keyword name kopf passes them under.
-INDEXES: Final = ("worker_jobs", "worker_pods", "queued_conversations", "conversations_by_activity")
+INDEXES: Final = (
+    "worker_jobs",
+    "worker_pods",
+    "warm_turns",
+    "queued_conversations",
+    "conversations_by_activity",
+)
+#: Pods of the warm pool (docs/warm-workers.md), idle or claimed.
+POOL_PODS = {claim.LABEL_POOL: kopf.PRESENT}
 
 
 @kopf.on.login(registry=REGISTRY)
@@ -118,10 +127,14 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
     memo.api = api
     memo.slack = slack
     memo.closed = False
+    # With the warm pool on, a turn claims an idle pod when there is one, else it gets a Job as always.
+    launcher, memo.pool = warm_launcher(
+        api, job_settings, config, index_source(kwargs["pool_pods"]), observability.metrics.registry
+    )
     memo.reconciler = Reconciler(
         api=api,
         slack=slack,
-        launcher=JobLauncher(api, job_settings),
+        launcher=launcher,
         planner_settings=planner_settings(
             config.session_timeout_minutes,
             config.max_concurrent_jobs,
@@ -140,6 +153,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
     # Indexes are passed to startup handlers too (live objects kopf keeps filling); the loop keeps them.
     indexes = {name: kwargs[name] for name in INDEXES}
     memo.resync = asyncio.create_task(_resync_loop(memo, indexes), name="peerbot resync")
+    if memo.pool is not None:
+        await memo.pool.start()
     log.info("operator started", namespace=namespace, image=config.worker_image)
 
 
@@ -152,6 +167,9 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         resync.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await resync
+    pool: WarmPool | None = memo.get("pool")
+    if pool is not None:
+        await pool.stop()
     observability: Observability | None = memo.get("observability")
     if observability is not None:
         await observability.stop()
@@ -189,6 +207,19 @@ def worker_pods(body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[str, dic
     return None
 
 
+@kopf.index("", "v1", "pods", labels={claim.LABEL_POOL: claim.POOL_CLAIMED}, registry=REGISTRY)
+def warm_turns(body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, Any]] | None:
+    """Claimed warm-pool pods by Conversation: a warm turn's worker, read like a Job's pod."""
+    conversation = labels.get(constants.LABEL_CONVERSATION)
+    return {conversation: _snapshot(body)} if conversation else None
+
+
+@kopf.index("", "v1", "pods", labels=POOL_PODS, registry=REGISTRY)
+def pool_pods(name: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+    """Every warm-pool pod by name: what the pool manager reads instead of listing pods."""
+    return {name: _snapshot(body)}
+
+
 @kopf.index(*CONVERSATIONS, registry=REGISTRY)
 def conversations_by_activity(name: str, status: kopf.Status, **_: Any) -> dict[str, str]:
     """Conversation names under ``active`` (pending, queued, running) or ``idle``: what the resync reads."""
@@ -220,7 +251,9 @@ def _jobs_of(name: str, jobs: kopf.Index[str, Any], pods: kopf.Index[str, Any]) 
     return views
 
 
-def _cluster(memo: kopf.Memo, jobs: kopf.Index[str, Any], queued: kopf.Index[str, Any]) -> ClusterView:
+def _cluster(
+    memo: kopf.Memo, jobs: kopf.Index[str, Any], queued: kopf.Index[str, Any], warm: kopf.Index[str, Any]
+) -> ClusterView:
     if not memo.config.max_concurrent_jobs:
         return ClusterView()
     running = 0
@@ -228,6 +261,11 @@ def _cluster(memo: kopf.Memo, jobs: kopf.Index[str, Any], queued: kopf.Index[str
         for job in store:
             view = job_view(job, [])
             if view is not None and view.running:
+                running += 1
+    for store in warm.values():  # warm turns count against the limit like Jobs
+        for pod in store:
+            warm_view = warm_job_view(pod)
+            if warm_view is not None and warm_view.running:
                 running += 1
     queue = tuple(name for _, name in sorted(queued.get("queued", [])))
     return ClusterView(running_jobs=running, queue=queue)
@@ -238,8 +276,12 @@ async def _reconcile(memo: kopf.Memo, name: str, indexes: dict[str, Any]) -> Non
     if memo.get("closed"):
         return
     jobs, pods, queued = indexes["worker_jobs"], indexes["worker_pods"], indexes["queued_conversations"]
+    warm = indexes["warm_turns"]
+    views = _jobs_of(name, jobs, pods) + [
+        view for view in (warm_job_view(pod) for pod in warm.get(name, [])) if view is not None
+    ]
     reconciler: Reconciler = memo.reconciler
-    await reconciler.reconcile(name, _jobs_of(name, jobs, pods), _cluster(memo, jobs, queued))
+    await reconciler.reconcile(name, views, _cluster(memo, jobs, queued, warm))
 
 
 # --- Handlers ------------------------------------------------------------------------------------------
@@ -314,3 +356,11 @@ async def job_event(labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None
 async def pod_event(labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None:
     """A worker pod changed: a pull failure or eviction shows here before the Job says anything."""
     await _after_worker_event(labels, memo, kwargs)
+
+
+@kopf.on.event("", "v1", "pods", labels=POOL_PODS, registry=REGISTRY)
+async def pool_pod_event(memo: kopf.Memo, **_: Any) -> None:
+    """A pool pod changed (became Ready, exited, was claimed or deleted): the pool looks at once."""
+    pool: WarmPool | None = memo.get("pool")
+    if pool is not None:
+        pool.wake()

@@ -1,12 +1,13 @@
 """Starting a turn: the seam between the planner's "start a turn" and how a worker comes to run it.
 
-Today a turn always gets a new Job (:class:`JobLauncher`). The warm-worker pool lets a pre-started pod
-claim a turn instead; it plugs in here as another :class:`TurnLauncher` without the planner knowing.
+A turn gets a new Job (:class:`JobLauncher`), or, with the warm pool on, a pre-started idle pod claims it
+(:class:`peerbot.operator.pool.WarmLauncher`, which falls back to a Job): the planner does not know which.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from enum import Enum
 from typing import Any, Protocol, cast
 
 from kubernetes_asyncio import client
@@ -19,11 +20,22 @@ from peerbot.planner import TurnRequest
 log = get_logger(__name__)
 
 
+class Launch(Enum):
+    """How a turn was started (``status.startedWarm``)."""
+
+    COLD = "cold"  # a new Job (a pod start: seconds, or a minute when a node must be added)
+    WARM = "warm"  # an idle pod of the warm pool claimed it
+
+
 class TurnLauncher(Protocol):
     """Something that makes a worker run ``request``; starting the same turn twice must be a no-op."""
 
-    async def start(self, request: TurnRequest, owner_uid: str, now: datetime) -> bool:
-        """Start the turn; ``True`` when this call started it, ``False`` when it was already started."""
+    async def start(self, request: TurnRequest, owner_uid: str, now: datetime) -> Launch | None:
+        """Start the turn; how, when this call started it, ``None`` when it was already started."""
+        ...
+
+    async def stop(self, job_name: str) -> None:
+        """Stop a turn's worker that is not a Job (the reconciler deletes Jobs itself); a no-op otherwise."""
         ...
 
 
@@ -34,7 +46,7 @@ class JobLauncher:
         self._batch = client.BatchV1Api(api)
         self._settings = settings
 
-    async def start(self, request: TurnRequest, owner_uid: str, now: datetime) -> bool:
+    async def start(self, request: TurnRequest, owner_uid: str, now: datetime) -> Launch | None:
         manifest = build_worker_job(request, self._settings, owner_uid, now)
         try:
             await self._batch.create_namespaced_job(
@@ -43,7 +55,10 @@ class JobLauncher:
         except ApiException as error:
             if error.status == 409:  # the same turn's Job exists: created before a restart
                 log.info("job already exists", job=request.job_name, conversation=request.conversation)
-                return False
+                return None
             raise
         log.info("job created", job=request.job_name, conversation=request.conversation, turn=request.turn)
-        return True
+        return Launch.COLD
+
+    async def stop(self, job_name: str) -> None:
+        """A Job's worker is stopped by deleting the Job, which the reconciler does."""

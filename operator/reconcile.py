@@ -25,8 +25,10 @@ from peerbot import constants
 from peerbot.conversation import Conversation, Phase
 from peerbot.logs import get_logger
 from peerbot.operator.jobs import job_view
-from peerbot.operator.launcher import TurnLauncher
+from peerbot.operator.launcher import Launch, TurnLauncher
 from peerbot.operator.notify import notify_thread
+from peerbot.operator.pool import read_warm_turn
+from peerbot.operator.telemetry import TurnObserver
 from peerbot.planner import (
     ClusterView,
     DeleteConversation,
@@ -42,6 +44,7 @@ from peerbot.planner import (
     plan_invalid_spec,
     spec_problems,
 )
+from peerbot.resilience import Breakers, Dependency
 
 log = get_logger(__name__)
 
@@ -82,6 +85,12 @@ class Reconciler:
     launcher: TurnLauncher
     planner_settings: PlannerSettings
     namespace: str
+    #: Metrics and audit lines for the turns (None: not reported, as in unit tests).
+    observer: TurnObserver | None = None
+    #: Circuit breakers by dependency (Slack here); Slack's opens after repeated failures to post.
+    breakers: Breakers = field(default_factory=Breakers)
+    #: ENABLE_STATUS_REACTIONS: whether notices add a reaction.
+    reactions: bool = True
     _locks: _KeyedLocks = field(default_factory=_KeyedLocks)
 
     def __post_init__(self) -> None:
@@ -129,9 +138,22 @@ class Reconciler:
                 jobs = await self._confirm_recorded_job(conversation, jobs)
                 deleting = bool((body.get("metadata") or {}).get("deletionTimestamp"))
                 result = plan(conversation, jobs, now, self.planner_settings, cluster, deleting=deleting)
-                await self._apply(body, conversation, result)
+                body = await self._apply(body, conversation, result)
+                if self.observer is not None:
+                    self.observer.observe(conversation, jobs, result, now)
+                if _ended_a_turn(result) and not deleting:
+                    # A follow-up that arrived while the Job ran waits behind the outcome just recorded;
+                    # nothing else would wake this Conversation up (status changes are not kopf updates).
+                    conversation = Conversation.model_validate(body)
+                    following = plan(conversation, jobs, now, self.planner_settings, cluster)
+                    await self._apply(body, conversation, following)
+                    if self.observer is not None:
+                        self.observer.observe(conversation, jobs, following, now)
+                    result = Plan([*result.actions, *following.actions])
                 return result
             except ApiException as error:
+                if self.observer is not None:
+                    self.observer.metrics.error(f"kubernetes_{error.status}")
                 if error.status in RETRYABLE_STATUS:
                     raise kopf.TemporaryError(
                         f"Kubernetes API answered {error.status} {error.reason}; retrying", delay=2
@@ -156,8 +178,8 @@ class Reconciler:
             response = await self._batch.read_namespaced_job(recorded, self.namespace, _preload_content=False)
             job = json.loads(await response.read())
         except ApiException as error:
-            if error.status == 404:
-                return jobs
+            if error.status == 404:  # no Job: perhaps a warm turn, whose worker is a claimed pod
+                return [*jobs, *await read_warm_turn(self._core, self.namespace, conversation.name, recorded)]
             raise
         response = await self._core.list_namespaced_pod(
             self.namespace,
@@ -172,18 +194,25 @@ class Reconciler:
         view = job_view(job, pods)
         return [*jobs, view] if view is not None else jobs
 
-    async def _apply(self, body: dict[str, Any], conversation: Conversation | None, result: Plan) -> None:
+    async def _apply(
+        self, body: dict[str, Any], conversation: Conversation | None, result: Plan
+    ) -> dict[str, Any]:
+        """Apply the actions in order; returns the Conversation as the last status patch left it."""
         name = body["metadata"]["name"]
         bound = log.bind(conversation=name)
         if result.actions:
             bound.debug("plan", actions=[repr(action) for action in result.actions])
+        launched: dict[str, Any] = {}  # how the turn started (warm or cold), for the status patch after it
         for action in result.actions:
             match action:
                 case StartTurn(request=request):
                     started = await self.launcher.start(request, body["metadata"].get("uid", ""), _now())
                     bound.info("turn started" if started else "turn already started", job=request.job_name)
+                    if started is not None:
+                        launched = {"startedWarm": started is Launch.WARM}
                 case PatchStatus(patch=patch):
-                    await self._custom.patch_namespaced_custom_object_status(
+                    patch, launched = {**patch, **launched}, {}
+                    patched = await self._custom.patch_namespaced_custom_object_status(
                         constants.API_GROUP,
                         constants.API_VERSION,
                         self.namespace,
@@ -193,6 +222,7 @@ class Reconciler:
                         # The client would send a JSON patch for a dict; this is a merge patch.
                         _content_type="application/merge-patch+json",
                     )
+                    body = patched if isinstance(patched, dict) else body
                 case DeleteJob(name=job, reason=reason):
                     try:
                         await self._batch.delete_namespaced_job(
@@ -201,10 +231,17 @@ class Reconciler:
                     except ApiException as error:
                         if error.status != 404:
                             raise
+                    await self.launcher.stop(job)  # a warm turn has a claimed pod instead of a Job
                     bound.info("job deleted", job=job, reason=reason)
                 case Notify() if conversation is not None:
                     await notify_thread(
-                        self.slack, conversation.spec.channel, conversation.spec.thread_ts, action
+                        self.slack,
+                        conversation.spec.channel,
+                        conversation.spec.thread_ts,
+                        action,
+                        breaker=self.breakers[Dependency.SLACK],
+                        on_fallback=self._fallback,
+                        reactions=self.reactions,
                     )
                 case RecordEvent(type=kind, reason=reason, message=message):
                     kopf.event(kopf.Body(cast(Any, body)), type=kind, reason=reason, message=message)
@@ -221,6 +258,23 @@ class Reconciler:
                         if error.status != 404:
                             raise
                     bound.info("conversation deleted", reason=reason)
+        return body
+
+    def _fallback(self, reason: str) -> None:
+        if self.observer is not None:
+            self.observer.metrics.resilience.fallback(reason)
+
+
+#: Phases in which a turn has ended and the next request (if any) may start.
+_TURN_ENDED = {Phase.WAITING.value, Phase.FAILED.value, Phase.TIMED_OUT.value}
+
+
+def _ended_a_turn(result: Plan) -> bool:
+    """The plan recorded a turn's outcome without starting another (so a waiting request may start now)."""
+    if any(isinstance(action, StartTurn | DeleteConversation) for action in result.actions):
+        return False
+    phases = [action.patch.get("phase") for action in result.actions if isinstance(action, PatchStatus)]
+    return any(phase in _TURN_ENDED for phase in phases)
 
 
 def _now() -> datetime:
@@ -228,11 +282,12 @@ def _now() -> datetime:
 
 
 def planner_settings(
-    session_timeout_minutes: int, max_concurrent_jobs: int, retention_days: float
+    session_timeout_minutes: int, max_concurrent_jobs: int, retention_days: float, maintenance: bool = False
 ) -> PlannerSettings:
     """The planner's settings from the operator's."""
     return PlannerSettings(
         session_timeout_minutes=session_timeout_minutes,
         max_concurrent_jobs=max_concurrent_jobs,
         retention=timedelta(days=retention_days),
+        maintenance=maintenance,
     )

@@ -44,15 +44,28 @@ def _parser() -> argparse.ArgumentParser:
         ("worker", "run one turn of one Conversation, then exit", _load("worker")),
         ("local", "run Peerbot on this machine without a cluster", _load("local")),
         ("demo", "show the whole flow offline, with local stand-ins and no accounts", _load("demo")),
+        ("doctor", "check a deployment or a local set-up end to end and say what is wrong", _load("doctor")),
     ]
     for name, help_text, run in parts:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.set_defaults(run=run)
+        if name == "doctor":
+            sub.add_argument("--only", help="run only these checks (comma-separated, e.g. slack,scopes)")
+            sub.add_argument("--skip", help="leave these checks out (comma-separated)")
+            sub.add_argument("--json", action="store_true", help="print the findings as JSON")
+        if name == "worker":
+            sub.add_argument(
+                "--idle",
+                action="store_true",
+                help="warm up, then wait for the operator's pool to claim this worker for one turn "
+                "(see docs/warm-workers.md)",
+            )
         if name == "operator":
             sub.add_argument(
                 "--liveness",
-                default="http://0.0.0.0:8080/healthz",
-                help="kopf's liveness endpoint (default: %(default)s)",
+                default=None,
+                help="also serve kopf's own liveness endpoint at this URL (default: none; the operator "
+                "serves /health, /ready and /metrics on OPERATOR_PORT)",
             )
     return parser
 
@@ -65,6 +78,7 @@ def _load(part: str) -> Callable[[argparse.Namespace], int]:
         "worker": "the worker issue",
         "local": "the one-machine issue",
         "demo": "the one-machine issue",
+        "doctor": "the production issue",
     }
 
     def run(args: argparse.Namespace) -> int:
@@ -76,6 +90,7 @@ def _load(part: str) -> Callable[[argparse.Namespace], int]:
             "worker": "peerbot.worker.main",
             "local": "peerbot.local",
             "demo": "peerbot.demo",
+            "doctor": "peerbot.doctor",
         }[part]
         try:
             module = importlib.import_module(module_name)

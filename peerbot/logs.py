@@ -66,6 +66,8 @@ def configure_logging(level: str = "INFO", fmt: str = "auto", service: str | Non
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        # "logger" on every line: the audit stream (peerbot.audit) is routed by it.
+        structlog.stdlib.add_logger_name,
         structlog.stdlib.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

@@ -18,7 +18,9 @@ The rules, in order:
    adopted; a Job the status records as running that no longer exists ends the turn as ``Failed``. (The
    caller makes sure "no longer exists" is true, not a cache that has not seen the Job yet.)
 7. A message newer than anything answered or attempted starts the next turn, unless the cluster-wide
-   limit on concurrent Jobs is reached, in which case the Conversation waits as ``Queued``.
+   limit on concurrent Jobs is reached, in which case the Conversation waits as ``Queued``. In maintenance
+   (``PEERBOT_MAINTENANCE``) no new turn starts: the Conversation waits as ``Queued`` with the condition
+   ``Maintenance``, the thread is told once, and the turn starts when maintenance ends.
 8. An idle Conversation past the retention is deleted (its session stays in the store).
 """
 
@@ -138,6 +140,8 @@ class PlannerSettings:
     session_timeout_minutes: int = 5
     max_concurrent_jobs: int = 0  # 0: no limit
     retention: timedelta = timedelta(days=30)
+    #: The maintenance switch: no new turn starts (turns already running finish).
+    maintenance: bool = False
 
 
 # --- Actions ----------------------------------------------------------------------------------------------
@@ -337,6 +341,8 @@ def plan(
     if latest is not None:
         newest_handled = max(newest_handled, ts_value(latest.requested_ts))
     if ts_value(spec.requested_ts) > newest_handled:
+        if settings.maintenance:
+            return Plan(_hold_for_maintenance(conversation, now))
         return Plan(_start_or_queue(conversation, latest, now, settings, cluster))
 
     # 8. Retention.
@@ -363,6 +369,48 @@ def _running_patch(job: JobView, now: datetime, turns: int) -> dict[str, Any]:
         "error": None,
         "updatedAt": _iso(now),
     }
+
+
+#: The condition a Conversation held back by maintenance carries (``kubectl describe`` shows it).
+MAINTENANCE_CONDITION = "Maintenance"
+MAINTENANCE_TEXT = (
+    "🔧 Peerbot is down for maintenance, so I have not started on this yet. Your message is kept: I will "
+    "start on it by myself as soon as maintenance ends, with no need to ask again. Say `stop` to drop it."
+)
+
+
+def _held(conversation: Conversation) -> bool:
+    return any(c.type == MAINTENANCE_CONDITION and c.status == "True" for c in conversation.status.conditions)
+
+
+def _hold_for_maintenance(conversation: Conversation, now: datetime) -> list[Action]:
+    """Maintenance: no new turn; the thread is told once (the condition records that it was)."""
+    if _held(conversation):
+        return []
+    others = [
+        c.model_dump(mode="json", by_alias=True, exclude_none=True)
+        for c in conversation.status.conditions
+        if c.type != MAINTENANCE_CONDITION
+    ]
+    held = {
+        "type": MAINTENANCE_CONDITION,
+        "status": "True",
+        "reason": "MaintenanceMode",
+        "message": "PEERBOT_MAINTENANCE is on: the turn starts when it is switched off",
+        "lastTransitionTime": _iso(now),
+    }
+    return [
+        PatchStatus(
+            {
+                "phase": Phase.QUEUED.value,
+                "queuePosition": None,
+                "conditions": [*others, held],
+                "updatedAt": _iso(now),
+            }
+        ),
+        Notify(MAINTENANCE_TEXT, None, conversation.spec.requested_ts),
+        RecordEvent("Normal", "HeldForMaintenance", "Maintenance is on: the next turn waits until it ends"),
+    ]
 
 
 def _start_or_queue(
@@ -405,6 +453,12 @@ def _start_or_queue(
     }
     if status.created_at is None:
         patch["createdAt"] = _iso(now)
+    if _held(conversation):  # maintenance has ended: the condition goes
+        patch["conditions"] = [
+            c.model_dump(mode="json", by_alias=True, exclude_none=True)
+            for c in status.conditions
+            if c.type != MAINTENANCE_CONDITION
+        ]
     return [
         StartTurn(request),
         PatchStatus(patch),

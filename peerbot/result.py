@@ -59,6 +59,31 @@ class TurnError(BaseModel):
     message: str
 
 
+class ToolUsage(BaseModel):
+    """How one tool was used in a turn: calls, seconds in all, and the longest call."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+    calls: int = Field(default=0, ge=0)
+    seconds: float = Field(default=0.0, ge=0)
+    max_seconds: float = Field(default=0.0, ge=0, alias="maxSeconds")
+
+
+class TurnStats(BaseModel):
+    """What only the worker knows about its turn, for the operator's metrics (``docs/metrics.md``)."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+    #: Seconds from the message that asked (its Slack timestamp) to the worker's first status edit.
+    first_progress_seconds: float | None = Field(default=None, ge=0, alias="firstProgressSeconds")
+    duration_seconds: float | None = Field(default=None, ge=0, alias="durationSeconds")
+    tools: dict[str, ToolUsage] = Field(default_factory=dict)
+    #: Retries by dependency (slack, github, gcs, anthropic).
+    retries: dict[str, int] = Field(default_factory=dict)
+    breakers_opened: list[str] = Field(default_factory=list, alias="breakersOpened")
+    slack_fallbacks: int = Field(default=0, ge=0, alias="slackFallbacks")
+
+
 class TurnResult(BaseModel):
     """The worker's report for one turn."""
 
@@ -73,10 +98,16 @@ class TurnResult(BaseModel):
     branch: str | None = None
     steps: int = Field(default=0, ge=0)
     error: TurnError | None = None
+    stats: TurnStats | None = None
 
     def to_document(self) -> str:
         """The JSON document, at most :data:`TERMINATION_MESSAGE_LIMIT` bytes."""
         document = self.model_dump_json(by_alias=True, exclude_none=True)
+        if len(document.encode()) > TERMINATION_MESSAGE_LIMIT and self.stats is not None and self.stats.tools:
+            # Statistics are the first thing to give up: the outcome and the error matter more.
+            return self.model_copy(
+                update={"stats": self.stats.model_copy(update={"tools": {}})}
+            ).to_document()
         if len(document.encode()) <= TERMINATION_MESSAGE_LIMIT or self.error is None:
             return document
         overflow = len(document.encode()) - TERMINATION_MESSAGE_LIMIT

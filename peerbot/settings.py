@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from peerbot import constants
@@ -57,6 +57,13 @@ class PeerbotSettings(BaseSettings):
     )
     peerbot_maintenance: bool = Field(
         default=False, json_schema_extra=_hint("set PEERBOT_MAINTENANCE to true or false")
+    )
+    metrics_auth_token: SecretStr | None = Field(
+        default=None,
+        json_schema_extra=_hint(
+            "set METRICS_AUTH_TOKEN to a long random string that Prometheus sends as a bearer token, "
+            "or unset it to leave /metrics open"
+        ),
     )
 
     @field_validator("log_level", mode="before")
@@ -273,10 +280,70 @@ class OperatorSettings(SlackSettings):
     )
     operator_port: int = Field(
         default=constants.DEFAULT_OPERATOR_PORT,
+        ge=0,
+        le=65535,
+        json_schema_extra=_hint("set OPERATOR_PORT to a TCP port number (0: any free port, for tests)"),
+    )
+    # The warm pool (docs/warm-workers.md): idle worker pods a turn claims instead of waiting for a Job.
+    worker_pool_size: int = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        json_schema_extra=_hint("set WORKER_POOL_SIZE to the idle worker pods to keep (0: no pool)"),
+    )
+    worker_pool_min: int | None = Field(
+        default=None,
+        ge=0,
+        json_schema_extra=_hint(
+            "set WORKER_POOL_MIN to the fewest idle pods (at most WORKER_POOL_SIZE), or unset it"
+        ),
+    )
+    worker_pool_max: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        json_schema_extra=_hint(
+            "set WORKER_POOL_MAX to the most idle pods (at least WORKER_POOL_SIZE), or unset it"
+        ),
+    )
+    worker_pool_max_idle_minutes: float = Field(
+        default=30,
+        gt=0,
+        le=24 * 60,
+        json_schema_extra=_hint(
+            "set WORKER_POOL_MAX_IDLE_MINUTES to the minutes an idle pod may wait (over 0, at most 1440)"
+        ),
+    )
+    worker_pool_port: int = Field(
+        default=8090,
         ge=1,
         le=65535,
-        json_schema_extra=_hint("set OPERATOR_PORT to a TCP port number"),
+        json_schema_extra=_hint("set WORKER_POOL_PORT to the idle workers' claim port"),
     )
+    operator_pod_name: str | None = Field(
+        default=None,
+        json_schema_extra=_hint("set OPERATOR_POD_NAME to the operator's pod name (the downward API)"),
+    )
+    operator_pod_uid: str | None = Field(
+        default=None,
+        json_schema_extra=_hint("set OPERATOR_POD_UID to the operator's pod uid (the downward API)"),
+    )
+
+    @field_validator("worker_pool_min")
+    @classmethod
+    def _pool_min(cls, value: int | None, info: ValidationInfo) -> int | None:
+        size = info.data.get("worker_pool_size")
+        if value is not None and size is not None and value > size:
+            raise ValueError(f"the fewest idle pods cannot be more than WORKER_POOL_SIZE ({size})")
+        return value
+
+    @field_validator("worker_pool_max")
+    @classmethod
+    def _pool_max(cls, value: int | None, info: ValidationInfo) -> int | None:
+        size = info.data.get("worker_pool_size")
+        if value is not None and size is not None and value < size:
+            raise ValueError(f"the most idle pods cannot be fewer than WORKER_POOL_SIZE ({size})")
+        return value
 
     @field_validator("worker_cpu", "worker_memory")
     @classmethod

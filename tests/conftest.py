@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.slack",
     "tests.fixtures.claude",
     "tests.fixtures.github",
+    "tests.fixtures.secrets",
 ]

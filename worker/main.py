@@ -65,7 +65,14 @@ def _ensure_home() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry point of ``peerbot worker`` (see :mod:`peerbot.cli`)."""
+    """Entry point of ``peerbot worker`` (see :mod:`peerbot.cli`); ``--idle`` waits for a claim first."""
+    if getattr(args, "idle", False):
+        from peerbot.worker.idle import run_idle
+
+        try:
+            return run_idle()
+        except SettingsError as error:
+            return _settings_failure(error)
     try:
         settings = load_settings(WorkerSettings)
         pointers = load_pointers()

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from peerbot.resilience import CircuitBreaker as SharedCircuitBreaker
 from peerbot.result import ErrorKind
 from peerbot.session.format import TokenUsage
 from peerbot.worker.errors import ClaudeFailure
@@ -71,8 +72,9 @@ class ModelStep:
         )
 
 
-class CircuitBreaker:
-    """Counts consecutive failures; open after ``threshold`` of them, for ``cooldown`` seconds."""
+class CircuitBreaker(SharedCircuitBreaker):
+    """The shared breaker (:class:`peerbot.resilience.CircuitBreaker`) for Anthropic, whose open state is
+    told to the person as a :class:`ClaudeFailure`."""
 
     def __init__(
         self,
@@ -80,34 +82,12 @@ class CircuitBreaker:
         cooldown: float = BREAKER_COOLDOWN_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.threshold = threshold
-        self.cooldown = cooldown
-        self.clock = clock
-        self.failures = 0
-        self.opened_at: float | None = None
-        self.last_error: str | None = None
-
-    @property
-    def is_open(self) -> bool:
-        if self.opened_at is None:
-            return False
-        # Once the cooldown is over the breaker is half-open: the next call is let through.
-        return self.clock() - self.opened_at < self.cooldown
+        super().__init__("anthropic", threshold, cooldown, clock)
 
     def check(self) -> None:
         """Raise :class:`ClaudeFailure` without calling when the breaker is open."""
         if self.is_open:
             raise _outage(self.last_error)
-
-    def success(self) -> None:
-        self.failures = 0
-        self.opened_at = None
-
-    def failure(self, description: str) -> None:
-        self.failures += 1
-        self.last_error = description
-        if self.failures >= self.threshold:
-            self.opened_at = self.clock()
 
 
 def _outage(detail: str | None) -> ClaudeFailure:

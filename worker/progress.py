@@ -53,7 +53,13 @@ class Progress:
         reaction_ts: str | None,
         interval: float = constants.SLACK_STATUS_EDIT_INTERVAL_SECONDS,
         heartbeat: float = HEARTBEAT_SECONDS,
+        updates: bool = True,
+        reactions: bool = True,
     ) -> None:
+        #: ENABLE_PROGRESS_UPDATES: without it no status message is posted or edited.
+        self.updates = updates
+        #: ENABLE_STATUS_REACTIONS: without it no reaction is added or removed.
+        self.reactions = reactions
         self.thread = thread
         self.deadline = deadline
         self.conversation = conversation
@@ -74,9 +80,10 @@ class Progress:
         """Show the first state at once (the person sees Peerbot at work), react ⚙️, start the updater."""
         self.current = current
         await self._publish()
-        if self.reaction_ts:
+        if self.reaction_ts and self.reactions:
             await self.thread.react(self.reaction_ts, Reaction.WORKING.value)
-        self._task = asyncio.create_task(self._run(), name="peerbot-progress")
+        if self.updates:
+            self._task = asyncio.create_task(self._run(), name="peerbot-progress")
 
     def doing(self, current: str) -> None:
         """What the turn is doing now (shown on the next edit)."""
@@ -96,6 +103,8 @@ class Progress:
             self.steps_done.append(summary)
         self.current = None
         await self._publish(phase=phase, final=True)
+        if not self.reactions:
+            return
         if self.reaction_ts:
             final = {Phase.SUCCEEDED: Reaction.DONE, Phase.TIMED_OUT: Reaction.PAUSED}.get(
                 phase, Reaction.FAILED
@@ -134,6 +143,8 @@ class Progress:
     async def _publish(self, *, phase: Phase = Phase.RUNNING, final: bool = False) -> None:
         from peerbot.slack_messages import StatusView, status_message
 
+        if not self.updates:
+            return
         view = StatusView(
             phase=phase,
             steps_done=tuple(self.steps_done),

@@ -69,23 +69,18 @@ class ThreadMessage:
     from_bot: bool = False
 
 
-def make_client(token: str, base_url: str) -> AsyncWebClient:
-    """An ``AsyncWebClient`` with the worker's retry policy."""
-    from slack_sdk.http_retry.builtin_async_handlers import (
-        AsyncConnectionErrorRetryHandler,
-        AsyncRateLimitErrorRetryHandler,
-        AsyncServerErrorRetryHandler,
-    )
+def make_client(
+    token: str, base_url: str, on_retry: Callable[[str], None] = lambda reason: None
+) -> AsyncWebClient:
+    """An ``AsyncWebClient`` with the worker's retry policy; ``on_retry`` is told of every retry."""
     from slack_sdk.web.async_client import AsyncWebClient
+
+    from peerbot.resilience import slack_retry_handlers
 
     return AsyncWebClient(
         token=token,
         base_url=base_url,
-        retry_handlers=[
-            AsyncConnectionErrorRetryHandler(),
-            AsyncRateLimitErrorRetryHandler(max_retry_count=RATE_LIMIT_RETRIES),
-            AsyncServerErrorRetryHandler(),
-        ],
+        retry_handlers=slack_retry_handlers(on_retry, rate_limit_retries=RATE_LIMIT_RETRIES),
     )
 
 
@@ -116,9 +111,17 @@ class SlackThread:
     """One Slack thread, through one ``AsyncWebClient`` (see the module docstring)."""
 
     def __init__(
-        self, client: AsyncWebClient, channel: str, thread_ts: str, *, redact: Callable[[str], str]
+        self,
+        client: AsyncWebClient,
+        channel: str,
+        thread_ts: str,
+        *,
+        redact: Callable[[str], str],
+        on_fallback: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self.client = client
+        #: Told the reason whenever a rejected message is re-sent as plain text (the turn's statistics).
+        self.on_fallback = on_fallback
         self.channel = channel
         self.thread_ts = thread_ts
         self.redact = redact
@@ -278,6 +281,7 @@ class SlackThread:
             from peerbot.slack_messages import plain_text_fallback
 
             self.fallbacks += 1
+            self.on_fallback(slack_error(error) or "unknown")
             log.warning("slack_message_rejected", error=slack_error(error), fallback="plain_text")
             self.calls += 1
             response = await self.client.chat_postMessage(**plain_text_fallback(payload))
@@ -298,6 +302,8 @@ class SlackThread:
             from peerbot.slack_messages import plain_text_fallback
 
             self.fallbacks += 1
+            self.on_fallback(slack_error(error) or "unknown")
+            log.warning("slack_message_rejected", error=slack_error(error), fallback="plain_text", edit=True)
             self.calls += 1
             await self.client.chat_update(**plain_text_fallback(payload))
 

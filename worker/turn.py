@@ -36,6 +36,7 @@ from peerbot.conversation import Phase, Tokens
 from peerbot.logs import get_logger
 from peerbot.naming import thread_branch
 from peerbot.planner import Reaction, ts_value
+from peerbot.resilience import Breakers, Dependency
 from peerbot.result import ErrorKind, ExitCode, Outcome, TurnError, TurnResult
 from peerbot.session.format import ResumeState, Session, SessionChanges, SessionError, SessionKey
 from peerbot.session.store import SessionStore
@@ -50,6 +51,7 @@ from peerbot.worker.pricing import Accounting
 from peerbot.worker.progress import Progress
 from peerbot.worker.redaction import Redactor
 from peerbot.worker.slack_io import SlackThread, ThreadMessage, make_client, slack_error
+from peerbot.worker.stats import TurnStatsCollector, timed_toolbox
 from peerbot.worker.timing import Clock, Deadline, SystemClock
 
 log = get_logger(__name__)
@@ -136,6 +138,9 @@ class Turn:
             ]
         )
         self.accounting = Accounting()
+        #: What only the worker knows about the turn, reported in the result for the operator's metrics.
+        self.stats = TurnStatsCollector()
+        self.breakers = Breakers()
         self.branch = thread_branch(pointers.peerbot_channel, pointers.peerbot_thread_ts)
         self.workspace = settings.workspace_dir
         self.repo_dir = self.workspace / "repo"
@@ -175,9 +180,17 @@ class Turn:
         self._task = asyncio.current_task()
         slack = self.deps.slack
         if slack is None:
-            slack = make_client(self.settings.slack_bot_token.get_secret_value(), self.settings.slack_api_url)
+            slack = make_client(
+                self.settings.slack_bot_token.get_secret_value(),
+                self.settings.slack_api_url,
+                on_retry=lambda reason: self.stats.retry(Dependency.SLACK),
+            )
         self.thread = SlackThread(
-            slack, self.pointers.peerbot_channel, self.pointers.peerbot_thread_ts, redact=self.redact
+            slack,
+            self.pointers.peerbot_channel,
+            self.pointers.peerbot_thread_ts,
+            redact=self.redact,
+            on_fallback=self.stats.fallback,
         )
         self.progress = Progress(
             self.thread,
@@ -186,9 +199,13 @@ class Turn:
             status_ts=self.pointers.peerbot_status_message_ts,
             reaction_ts=self.pointers.peerbot_requested_ts,
             interval=self.deps.progress_interval,
+            updates=self.settings.enable_progress_updates,
+            reactions=self.settings.enable_status_reactions,
         )
         try:
             await self.progress.start("restoring the session")
+            self.stats.first_progress(self.pointers.peerbot_requested_ts, self.clock.now().timestamp())
+            self._self_check()
             return await self._run()
         except asyncio.CancelledError:
             if not self._terminating:
@@ -231,6 +248,24 @@ class Turn:
                 closing = client.close()
                 if asyncio.iscoroutine(closing):
                     await closing
+
+    def _self_check(self) -> None:
+        """The start-up self-check (:func:`peerbot.health.worker_self_check`): the pod's own set-up."""
+        from peerbot.health import OK, worker_self_check
+
+        checks = worker_self_check(
+            workspace=self.workspace, result_file=self.settings.peerbot_result_file, environment=self.deps.env
+        )
+        problems = {name: state for name, state in checks.items() if state != OK}
+        log.info("worker_self_check", ok=not problems, checks=checks)
+        if problems:
+            raise TurnFailure(
+                ErrorKind.INTERNAL,
+                "My worker pod is not set up right, so I could not start.",
+                "A Peerbot administrator must fix the worker Job's set-up (details below); then reply here "
+                "to try again.",
+                detail="; ".join(f"{name}: {state}" for name, state in problems.items()),
+            )
 
     # --- the steps of a turn ------------------------------------------------------------------------------
 
@@ -289,12 +324,11 @@ class Turn:
         saved_files: Mapping[str, SavedFile],
         bar: str | None,
     ) -> TurnResult:
-        from peerbot.worker.tools import ToolBox
-
         assert self.checkpointer is not None
         assert self.progress is not None
         assert self.info is not None
-        self.tools = ToolBox(
+        self.tools = timed_toolbox(
+            self.stats,
             workspace=self.workspace,
             repo_dir=self.repo_dir,
             env=tool_environment(self.deps.env, workspace=self.workspace),
@@ -397,30 +431,42 @@ class Turn:
         )
 
     async def _load(self, store: SessionStore) -> Session | None:
-        last: Exception | None = None
-        for delay in (0.0, *LOAD_RETRY_DELAYS):
-            if delay:
-                await self.deps.sleep(delay)
-            try:
-                return await asyncio.to_thread(store.load, self.key)
-            except SessionError as error:
-                raise StorageFailure(
-                    ErrorKind.STORAGE,
-                    "I could not read this thread's saved session: it is damaged, or a newer Peerbot wrote "
-                    "it.",
-                    "Start a new thread, or ask a Peerbot administrator to restore the session (details "
-                    "below).",
-                    detail=str(error),
-                ) from error
-            except Exception as error:
-                last = error
-                log.warning("session_load_failed", error=str(error))
-        raise StorageFailure(
-            ErrorKind.STORAGE,
-            "The session store is not answering, so I could not restore this thread.",
-            "Nothing was changed. Reply in this thread in a few minutes to try again.",
-            detail=self.redact(f"{type(last).__name__}: {last}"),
-        )
+        """Read the session: the store's outages are retried with backoff and jitter (tenacity), counted,
+        and fed to the ``gcs`` breaker; a damaged session is not retried."""
+        from peerbot.resilience import call_with_retries
+
+        def on_retry(dependency: str, error: BaseException, wait: float) -> None:
+            self.stats.retry(dependency)
+            log.warning("session_load_failed", error=str(error), wait=round(wait, 2))
+
+        try:
+            session: Session | None = await call_with_retries(
+                Dependency.GCS,
+                lambda: asyncio.to_thread(store.load, self.key),
+                retry_on=lambda error: not isinstance(error, SessionError),
+                attempts=len(LOAD_RETRY_DELAYS) + 1,
+                first=LOAD_RETRY_DELAYS[0],
+                maximum=LOAD_RETRY_DELAYS[-1],
+                breaker=self.breakers[Dependency.GCS],
+                on_retry=on_retry,
+                sleep=self.deps.sleep,
+                seconds_left=self.deadline.seconds_left,
+            )
+            return session
+        except SessionError as error:
+            raise StorageFailure(
+                ErrorKind.STORAGE,
+                "I could not read this thread's saved session: it is damaged, or a newer Peerbot wrote it.",
+                "Start a new thread, or ask a Peerbot administrator to restore the session (details below).",
+                detail=str(error),
+            ) from error
+        except Exception as last:
+            raise StorageFailure(
+                ErrorKind.STORAGE,
+                "The session store is not answering, so I could not restore this thread.",
+                "Nothing was changed. Reply in this thread in a few minutes to try again.",
+                detail=self.redact(f"{type(last).__name__}: {last}"),
+            ) from last
 
     def _answered_bar(self, session: Session | None) -> str | None:
         candidates = [self.pointers.peerbot_answered_ts]
@@ -448,7 +494,7 @@ class Turn:
         )
 
     def _claude(self) -> Any:
-        from peerbot.worker.model import MAX_ATTEMPTS, Claude
+        from peerbot.worker.model import MAX_ATTEMPTS, CircuitBreaker, Claude
 
         client = self.deps.anthropic
         if client is None:
@@ -462,15 +508,26 @@ class Turn:
             self._owned.append(client)
         progress = self.progress
         assert progress is not None
+
+        def on_retry(what: str, wait: float) -> None:
+            # The honest degraded-mode message: what is wrong, and for how long I will keep trying.
+            self.stats.retry(Dependency.ANTHROPIC)
+            left = max(0.0, self.deadline.seconds_left())
+            progress.doing(
+                f"Claude is overloaded right now; trying again in {wait:.0f}s "
+                f"(I will keep trying for up to {_span(left)} more)"
+            )
+
         return Claude(
             client,
             model=self.settings.anthropic_model,
             summary_model=self.settings.anthropic_summary_model,
             max_tokens=self.settings.anthropic_max_tokens,
+            breaker=self.breakers.add(CircuitBreaker()),
             max_attempts=self.deps.claude_max_attempts or MAX_ATTEMPTS,
             sleep=self.deps.sleep,
             seconds_left=self.deadline.seconds_left,
-            on_retry=lambda what, wait: progress.doing(f"Claude is busy; trying again in {wait:.0f}s"),
+            on_retry=on_retry,
             redact=self.redact,
         )
 
@@ -490,16 +547,39 @@ class Turn:
         return client
 
     async def _retrying(self, call: Callable[[], Awaitable[Any]]) -> Any:
-        """``call``, tried again after :data:`OUTAGE_RETRY_DELAYS` while it fails with a transient outage."""
-        for delay in (*OUTAGE_RETRY_DELAYS, None):
-            try:
-                return await call()
-            except TurnFailure as failure:
-                if not failure.transient or delay is None or delay >= self.deadline.seconds_left():
-                    raise
-                log.info("retrying_after_outage", error=failure.what_happened, wait=delay)
-                await self.deps.sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
+        """``call`` (GitHub), tried again with backoff and jitter while it fails with a transient outage
+        (tenacity, at most ``len(OUTAGE_RETRY_DELAYS) + 1`` attempts), behind the ``github`` breaker."""
+        from peerbot.resilience import CircuitOpen, call_with_retries
+
+        progress = self.progress
+
+        def on_retry(dependency: str, error: BaseException, wait: float) -> None:
+            self.stats.retry(dependency)
+            log.info("retrying_after_outage", error=str(error), wait=round(wait, 2))
+            if progress is not None:
+                progress.doing(f"GitHub is not answering; trying again in {wait:.0f}s")
+
+        try:
+            return await call_with_retries(
+                Dependency.GITHUB,
+                call,
+                retry_on=lambda error: isinstance(error, TurnFailure) and error.transient,
+                attempts=len(OUTAGE_RETRY_DELAYS) + 1,
+                first=OUTAGE_RETRY_DELAYS[0],
+                maximum=OUTAGE_RETRY_DELAYS[-1],
+                breaker=self.breakers[Dependency.GITHUB],
+                on_retry=on_retry,
+                sleep=self.deps.sleep,
+                seconds_left=self.deadline.seconds_left,
+            )
+        except CircuitOpen as error:
+            raise RepositoryFailure(
+                ErrorKind.GITHUB,
+                "GitHub is unreachable right now: it failed several times in a row, so I stopped trying.",
+                "Your work is saved and will be pushed on your next message: reply here in a few minutes. "
+                "https://www.githubstatus.com says whether there is an incident.",
+                detail=self.redact(str(error)),
+            ) from error
 
     async def _open_repository(self, wanted: str | None, *, clone: bool) -> None:
         from peerbot.worker.repository import Checkout, Git, GitHubHost
@@ -595,6 +675,7 @@ class Turn:
                 log.warning("push_failed", error=error.output)
                 if delay is None or delay >= self.deadline.hard_seconds_left():
                     break
+                self.stats.retry(Dependency.GITHUB)
                 await self.deps.sleep(delay)
         uploaded = False
         with contextlib.suppress(GitCommandError):
@@ -802,7 +883,17 @@ class Turn:
             branch=self.branch if self.branch_pushed else None,
             steps=self.agent.model_steps if self.agent is not None else 0,
             error=error,
+            stats=self.stats.result(
+                duration_seconds=self.deadline.elapsed(), breakers_opened=self.breakers.opened()
+            ),
         )
+
+
+def _span(seconds: float) -> str:
+    """``2 minutes``, ``40 seconds``: how long, for a person."""
+    if seconds >= 90:
+        return f"{seconds / 60:.0f} minutes"
+    return f"{seconds:.0f} seconds"
 
 
 def exit_code(result: TurnResult | None) -> int:

@@ -349,6 +349,9 @@ class _ApiError(Exception):
         return _json_response(body, status=self.status, headers=self.headers)
 
 
+_DOC_MEMBERSHIP: Final = f"{_DOCS}/orgs/members#get-an-organization-membership-for-the-authenticated-user"
+
+
 def _not_found(documentation_url: str = _DOCS) -> _ApiError:
     return _ApiError(404, "Not Found", documentation_url=documentation_url)
 
@@ -1041,6 +1044,7 @@ class GitHubStandIn:
             ("POST", r"/user/repos", self._create_user_repo),
             ("GET", r"/users/(?P<login>[^/]+)", self._get_user),
             ("GET", r"/orgs/(?P<org>[^/]+)", self._get_org),
+            ("GET", r"/user/memberships/orgs/(?P<org>[^/]+)", self._get_membership),
             ("POST", r"/orgs/(?P<org>[^/]+)/repos", self._create_org_repo),
             ("GET", repo, self._get_repo),
             ("GET", repo + r"/branches", self._list_branches),
@@ -1448,6 +1452,29 @@ class GitHubStandIn:
         if org is None or org.kind != "Organization":
             raise _not_found(f"{_DOCS}/orgs/orgs#get-an-organization")
         return _json_response(self._org_json(call, org))
+
+    async def _get_membership(self, call: _Call) -> web.StreamResponse:
+        """The authenticated user's membership of an organisation: admin for ADMIN grants, member for WRITE;
+        404 (as on GitHub for a non-member) otherwise: READ is this stand-in's "may look, not create"."""
+        user = self._user_of(call)
+        org = self._account(call.params["org"])
+        if org is None or org.kind != "Organization":
+            raise _not_found(_DOC_MEMBERSHIP)
+        assert call.grant is not None
+        access = call.grant.organizations.get(org.login.lower())
+        if access is None or access < Access.WRITE:
+            raise _not_found(_DOC_MEMBERSHIP)
+        api = call.api_base
+        return _json_response(
+            {
+                "url": f"{api}/orgs/{org.login}/memberships/{user.login}",
+                "state": "active",
+                "role": "admin" if access >= Access.ADMIN else "member",
+                "organization_url": f"{api}/orgs/{org.login}",
+                "organization": self._account_json(call, org),
+                "user": self._account_json(call, user),
+            }
+        )
 
     async def _create_org_repo(self, call: _Call) -> web.StreamResponse:
         org = self._account(call.params["org"])

@@ -617,8 +617,9 @@ def test_operator_probe_and_single_replica(each):
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     container = _container(deployment)
     port = container["ports"][0]["containerPort"]
-    assert container["args"] == ["operator", "--liveness", f"http://0.0.0.0:{port}/healthz"]
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["args"] == ["operator"]  # it serves /health, /ready and /metrics on OPERATOR_PORT
+    assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
     assert str(port) == config_map_env(each, container)["OPERATOR_PORT"]
 
 

@@ -36,6 +36,7 @@ def test_url_credentials_and_auth_headers_are_removed():
     assert "abc123" not in redact("Authorization: Bearer abc123")
 
 
+@pytest.mark.logs_secrets_on_purpose  # the session's secret check (tests/fixtures/secrets.py) skips it
 def test_json_logs_are_redacted_everywhere(capsys):
     configure_logging(level="INFO", fmt="json", service="worker")
     try:

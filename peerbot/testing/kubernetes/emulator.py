@@ -168,6 +168,10 @@ def _spec_part(obj: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+#: Where clients ask what they may do (``kubectl auth can-i``).
+SELF_SUBJECT_ACCESS_REVIEWS: Final = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+
+
 class StrictKubernetesEmulator(kmock.KubernetesEmulator):
     """kmock's Kubernetes emulator with the behaviour of a real API server (see the module docstring)."""
 
@@ -183,6 +187,9 @@ class StrictKubernetesEmulator(kmock.KubernetesEmulator):
             self.registry.add(resource)
         #: Unexpected exceptions while serving (bugs in the stand-in or in a test's reaction).
         self.internal_errors: list[BaseException] = []
+        #: RBAC: what the client may NOT do, as (verb, group, "resource" or "resource/subresource"). Denied
+        #: requests get 403 Forbidden as from a real API server, and SelfSubjectAccessReviews say so.
+        self.denied: set[tuple[str, str, str]] = set()
         self._revision = 0
         self._changes: collections.deque[Change] = collections.deque(maxlen=watch_history)
         self._compacted = 0
@@ -333,6 +340,8 @@ class StrictKubernetesEmulator(kmock.KubernetesEmulator):
             raise errors.ApiError(
                 405, "MethodNotAllowed", "the server does not allow this method on the requested resource", {}
             )
+        if path == SELF_SUBJECT_ACCESS_REVIEWS:
+            return self._access_review(request)
         registry = self.registry
         if path == "/":
             return self._json(200, {"paths": discovery.paths(registry)})
@@ -360,6 +369,49 @@ class StrictKubernetesEmulator(kmock.KubernetesEmulator):
             return self._json(200, discovery.api_resource_list(registry, group, version))
         target = self._target(group, version, rest)
         return await self._dispatch(request, target)
+
+    def _is_denied(self, verb: str, group: str, resource: str, subresource: str | None) -> bool:
+        name = f"{resource}/{subresource}" if subresource else resource
+        return (verb, group, name) in self.denied
+
+    def _access_review(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        """``POST selfsubjectaccessreviews``: whether the client may do what ``spec.resourceAttributes``
+        names (everything is allowed except :attr:`denied`)."""
+        if request.method != "POST":
+            raise errors.method_not_allowed("authorization.k8s.io", "selfsubjectaccessreviews", "get")
+        body = self._body(request)
+        attributes = ((body or {}).get("spec") or {}).get("resourceAttributes") or {}
+        verb, group = str(attributes.get("verb", "")), str(attributes.get("group", ""))
+        resource, subresource = str(attributes.get("resource", "")), attributes.get("subresource") or None
+        allowed = not self._is_denied(verb, group, resource, subresource)
+        status: dict[str, Any] = {"allowed": allowed}
+        if not allowed:
+            status["reason"] = "denied by the stand-in's RBAC rules"
+        return self._json(201, {**body, "metadata": {"creationTimestamp": None}, "status": status})
+
+    def _authorize(self, method: str, params: Mapping[str, str], target: Target) -> None:
+        resource = target.resource
+        if method == "GET":
+            verb = "watch" if _truthy(params.get("watch")) else ("get" if target.name else "list")
+        elif method == "DELETE" and target.name is None:
+            verb = "deletecollection"
+        else:
+            verb = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method, "")
+        if self._is_denied(verb, resource.group, resource.plural, target.subresource):
+            what = f"{resource.plural}/{target.subresource}" if target.subresource else resource.plural
+            where = f' in the namespace "{target.namespace}"' if target.namespace else " at the cluster scope"
+            raise errors.ApiError(
+                403,
+                "Forbidden",
+                f"{errors.qualified(resource.group, resource.plural)}"
+                f"{' ' + json.dumps(target.name) if target.name else ''} is forbidden: "
+                f'User "stand-in" cannot {verb} resource "{what}" in API group "{resource.group}"{where}',
+                {
+                    "group": resource.group,
+                    "kind": resource.plural,
+                    **({"name": target.name} if target.name else {}),
+                },
+            )
 
     def _authenticate(self, request: rendering.Request) -> None:
         if self.token is None:
@@ -389,6 +441,7 @@ class StrictKubernetesEmulator(kmock.KubernetesEmulator):
     async def _dispatch(self, request: rendering.Request, target: Target) -> aiohttp.web.StreamResponse:
         resource, method = target.resource, request.method
         params = request.params
+        self._authorize(method, params, target)
         if method == "GET" and _truthy(params.get("watch")):
             return await self._watch(request, target)
         if method == "GET":

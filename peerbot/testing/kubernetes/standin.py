@@ -338,6 +338,16 @@ class KubernetesStandIn:
             installed.append(obj)
         return installed
 
+    def deny(self, verb: str, resource: str, *, group: str = "", subresource: str | None = None) -> None:
+        """RBAC: refuse ``verb`` on ``resource`` from now on (403 Forbidden, and SelfSubjectAccessReviews
+        answer ``allowed: false``), as a Role without that rule would."""
+        name = f"{resource}/{subresource}" if subresource else resource
+        self._call(lambda: self.emulator.denied.add((verb, group, name)))
+
+    def allow_all(self) -> None:
+        """RBAC: take back every :meth:`deny`."""
+        self._call(self.emulator.denied.clear)
+
     def install_crd(self, crd: str | pathlib.Path | Mapping[str, Any]) -> list[dict[str, Any]]:
         """Create (or update) the CRDs in a YAML file or manifest; their resources are served at once."""
         return self._call(lambda: self._install_crd(crd))

@@ -63,6 +63,27 @@ _SIGN_IN_PAGE: Final = (
 )
 
 
+#: The bot scopes of ``slack-app-manifest.yaml``, which the stand-in's bot token is granted by default.
+#: Slack names a token's scopes in the ``x-oauth-scopes`` header of every Web API answer.
+BOT_SCOPES: Final = (
+    "app_mentions:read",
+    "channels:history",
+    "groups:history",
+    "im:history",
+    "mpim:history",
+    "channels:read",
+    "groups:read",
+    "im:read",
+    "mpim:read",
+    "chat:write",
+    "commands",
+    "files:read",
+    "files:write",
+    "reactions:write",
+    "users:read",
+)
+
+
 class SlackStandInError(RuntimeError):
     """The stand-in was used in a way it (or Slack) cannot serve; the message says how to fix it."""
 
@@ -150,6 +171,8 @@ class SlackStandIn:
         self.bot_token = f"xoxb-{team_number}-{self.bot_user_id.lstrip('U')}-{secrets.token_hex(12)}"
         self.app_token = f"xapp-1-{self.app_id}-{team_number}-{secrets.token_hex(32)}"
         self.signing_secret = signing_secret or secrets.token_hex(16)
+        #: The scopes the bot token holds (``x-oauth-scopes``); tests take some away to see them missed.
+        self.bot_scopes: list[str] = list(BOT_SCOPES)
         self._tokens: dict[str, Caller] = {
             self.bot_token: Caller(kind="bot", user=self.bot_user_id, bot_id=self.bot_id, app_id=self.app_id),
             self.app_token: Caller(kind="app", user="", bot_id=None, app_id=self.app_id),
@@ -494,6 +517,8 @@ class SlackStandIn:
             if caller is None:
                 raise SlackError("invalid_auth")
             token_kind = caller.kind
+            if caller.kind == "bot":
+                headers["x-oauth-scopes"] = ",".join(self.bot_scopes)
             if caller.kind not in allowed:
                 raise SlackError("not_allowed_token_type")
             retry_after = self._rate_limited(method)
