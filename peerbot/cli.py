@@ -60,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
                 help="warm up, then wait for the operator's pool to claim this worker for one turn "
                 "(see docs/warm-workers.md)",
             )
+        if name == "demo":
+            from peerbot.demo import add_arguments
+
+            add_arguments(sub)
         if name == "operator":
             sub.add_argument(
                 "--liveness",

@@ -27,7 +27,7 @@ The rules, in order:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
@@ -53,6 +53,10 @@ MAX_ATTEMPTS = 2
 #: whose pod still looks alive is given this long for the pod's own update to arrive before the outcome is
 #: recorded without it (a pod deleted at the deadline never sends one).
 POD_SETTLE_GRACE = timedelta(seconds=30)
+
+#: How long a new turn waits for the dispatcher to record the request's status message (it is posted
+#: within a second of the request; Slack timestamps are the message's time).
+STATUS_MESSAGE_GRACE = timedelta(seconds=3)
 
 IDLE_PHASES = {Phase.WAITING, Phase.SUCCEEDED, Phase.FAILED, Phase.TIMED_OUT, Phase.CANCELLED}
 
@@ -343,6 +347,11 @@ def plan(
     if ts_value(spec.requested_ts) > newest_handled:
         if settings.maintenance:
             return Plan(_hold_for_maintenance(conversation, now))
+        if _awaiting_status_message(spec, now):
+            # The dispatcher posts the request's status message right after recording it; a worker
+            # started before that would edit the previous turn's message. The status message's own
+            # patch re-plans this at once; after the grace the turn starts anyway (the worker posts one).
+            return Plan()
         return Plan(_start_or_queue(conversation, latest, now, settings, cluster))
 
     # 8. Retention.
@@ -356,6 +365,14 @@ def plan(
         days = settings.retention.days or settings.retention.total_seconds() / 86400
         return Plan([DeleteConversation(f"idle for more than {days:g} days; the session stays in the store")])
     return Plan()
+
+
+def _awaiting_status_message(spec: ConversationSpec, now: datetime) -> bool:
+    """The newest request's status message is not recorded yet, and the request is only moments old."""
+    if ts_value(spec.status_message_ts) >= ts_value(spec.requested_ts):
+        return False
+    requested_at = datetime.fromtimestamp(float(ts_value(spec.requested_ts)), tz=UTC)
+    return now - requested_at < STATUS_MESSAGE_GRACE
 
 
 def _running_patch(job: JobView, now: datetime, turns: int) -> dict[str, Any]:

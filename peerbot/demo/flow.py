@@ -252,7 +252,9 @@ class Demo:
             ("stand-in", "Cloud Storage", f"fake-gcs-server at {stack.gcs.url} · sessions"),
             ("stand-in", "Claude", f"scripted Messages API at {stack.claude.url} · tools run for real"),
         ]
-        self.transcript.write(f"Ready in {self.transcript.elapsed:.1f} s, all on 127.0.0.1, in {stack.root}:")
+        self.transcript.write(
+            f"Ready in {self.transcript.elapsed:.1f} s (stand-ins on 127.0.0.1, files in {stack.root}):"
+        )
         for kind, name, where in rows:
             self.transcript.write(f"  {kind:<9} {name:<15} {where}")
         self.transcript.write(f"\n{LEGEND}")

@@ -189,8 +189,10 @@ def button(label: str, action_id: str, value: str, *, style: str | None = None) 
 
 def footer_blocks(footer: AnswerFooter) -> list[dict[str, Any]]:
     """The line under a final answer: tokens, cache hit rate, cost, duration, branch and pull request."""
-    parts = [f"🔢 {format_tokens(footer.input_tokens)} in · {format_tokens(footer.output_tokens)} out"]
+    # "in" counts every prompt token, cached or not (the API's input_tokens leaves the cached ones out,
+    # so a fully cached turn would read "0 in"); the cache share says how much of it was cheap.
     prompt = footer.input_tokens + footer.cache_read_tokens + footer.cache_write_tokens
+    parts = [f"🔢 {format_tokens(prompt)} in · {format_tokens(footer.output_tokens)} out"]
     if footer.cache_read_tokens or footer.cache_write_tokens:
         parts.append(f"♻️ {footer.cache_read_tokens / prompt:.0%} from cache")
     if footer.cost_usd is not None:

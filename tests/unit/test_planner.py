@@ -350,3 +350,15 @@ def test_a_recorded_running_job_that_vanished_fails_the_turn():
     actions = plan(conv, [], NOW, SETTINGS).actions
     assert status_patch(actions)["phase"] == "Failed"
     assert "deleted before it reported" in status_patch(actions)["error"]
+
+
+def test_a_new_turn_waits_briefly_for_its_status_message():
+    requested = "1795320000.000000"  # the Slack ts is the message's own time
+    sent = datetime.fromtimestamp(1795320000, tz=UTC)
+    conv = conversation(spec={"threadTs": "1795320000.000000", "requestedTs": requested})
+    assert not plan(conv, [], sent + timedelta(seconds=1), SETTINGS)
+    recorded = conversation(
+        spec={"threadTs": "1795320000.000000", "requestedTs": requested, "statusMessageTs": "1795320000.500000"}
+    )
+    assert isinstance(plan(recorded, [], sent + timedelta(seconds=1), SETTINGS).actions[0], StartTurn)
+    assert isinstance(plan(conv, [], sent + timedelta(seconds=4), SETTINGS).actions[0], StartTurn)

@@ -564,7 +564,7 @@ def test_footer() -> None:
     )
     (block,) = footer_blocks(footer)
     assert [e["text"] for e in block["elements"]] == [
-        "🔢 1.2k in · 300 out",
+        "🔢 6.3k in · 300 out",  # every prompt token, cached or not
         "♻️ 79% from cache",
         "💵 ~$0.12",
         "⏱️ 1m 35s",
