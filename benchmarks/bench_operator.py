@@ -273,6 +273,7 @@ class _World:
 
     def phases(self, namespace: str) -> Any:
         import collections
+
         return collections.Counter(
             ((c.get("status") or {}).get("phase"), (c.get("status") or {}).get("error"))
             for c in self.kubernetes.objects("conversations", namespace)
@@ -282,7 +283,8 @@ class _World:
         """Play the Job TTL controller and the garbage collector: finished Jobs and their pods go."""
         jobs = self.kubernetes.objects("jobs", namespace)
         for job in jobs:
-            self.kubernetes.delete("jobs", namespace, job["metadata"]["name"])
+            # As the TTL controller does: with the pods (a plain API delete of a Job orphans them).
+            self.kubernetes.delete("jobs", namespace, job["metadata"]["name"], propagation_policy="Background")
         self.kubernetes.collect_garbage()
         return len(jobs)
 

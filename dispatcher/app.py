@@ -1,7 +1,8 @@
 """Building and running the dispatcher: the Bolt ``AsyncApp``, its listeners, and the one HTTP server.
 
-:func:`build_dispatcher` assembles everything from settings and a Kubernetes API client (nothing is
-created at import time); :class:`DispatcherApp` runs it:
+:func:`build_dispatcher` assembles everything from settings and a Kubernetes API client, or any other
+:class:`~peerbot.dispatcher.store.ConversationBackend` (nothing is created at import time);
+:class:`DispatcherApp` runs it:
 
 - **Socket Mode** when ``SLACK_APP_TOKEN`` is set: Bolt's aiohttp ``AsyncSocketModeHandler`` holds the
   websocket; the HTTP server serves only ``/health``, ``/ready`` and ``/metrics``.
@@ -39,7 +40,7 @@ from peerbot.dispatcher import actions, commands, events, middleware
 from peerbot.dispatcher.metrics import Metrics
 from peerbot.dispatcher.ratelimit import RateLimiter
 from peerbot.dispatcher.service import Dispatcher
-from peerbot.dispatcher.store import ConversationStore, explain
+from peerbot.dispatcher.store import ConversationBackend, ConversationStore, explain
 from peerbot.health import Uptime, health_body, ready_body
 from peerbot.metrics import metrics_handler
 from peerbot.resilience import Dependency, slack_retry_handlers
@@ -92,7 +93,8 @@ class DispatcherApp:
         *,
         bolt: AsyncApp,
         dispatcher: Dispatcher,
-        store: ConversationStore,
+        store: ConversationBackend,
+        namespace: str,
         web_app: web.Application,
         socket_handler: TimedSocketModeHandler | None,
         owns_slack_client: bool = True,
@@ -102,6 +104,7 @@ class DispatcherApp:
         self.dispatcher = dispatcher
         self.metrics = dispatcher.metrics
         self.store = store
+        self.namespace = namespace
         self.web_app = web_app
         self.socket_handler = socket_handler
         self._owns_slack_client = owns_slack_client
@@ -145,7 +148,7 @@ class DispatcherApp:
             "dispatcher started",
             mode="socket_mode" if self.socket_mode else "http",
             url=self.url,
-            namespace=self.store.namespace,
+            namespace=self.namespace,
         )
         return self
 
@@ -309,20 +312,25 @@ def slack_client(settings: DispatcherSettings, metrics: Metrics | None = None) -
 async def build_dispatcher(
     settings: DispatcherSettings,
     *,
-    kube_client: k8s.ApiClient,
+    kube_client: k8s.ApiClient | None = None,
     namespace: str,
     slack: AsyncWebClient | None = None,
+    store: ConversationBackend | None = None,
 ) -> DispatcherApp:
     """Assemble a dispatcher (not started). Call it inside the event loop that will run it.
 
     Socket Mode when ``settings.slack_app_token`` is set, else HTTP mode (``check_mode`` makes sure one of
-    the two can work).
+    the two can work). Conversations go to ``store`` when given (``peerbot local``'s folder), else to the
+    Kubernetes API through ``kube_client`` in ``namespace``.
     """
     settings.check_mode()
+    if store is None:
+        if kube_client is None:
+            raise TypeError("build_dispatcher needs a store or a kube_client to record Conversations with")
+        store = ConversationStore(kube_client, namespace)
     socket_mode = settings.slack_app_token is not None
     metrics = Metrics()
     web_client = slack or slack_client(settings, metrics)
-    store = ConversationStore(kube_client, namespace)
     limiter = RateLimiter(
         per_minute=settings.rate_limit_per_minute,
         trusted_per_minute=settings.trusted_rate_limit_per_minute,
@@ -364,6 +372,7 @@ async def build_dispatcher(
         bolt=bolt,
         dispatcher=dispatcher,
         store=store,
+        namespace=namespace,
         web_app=web_app,
         socket_handler=socket_handler,
         owns_slack_client=slack is None,

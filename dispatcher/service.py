@@ -62,7 +62,7 @@ from peerbot.dispatcher.rules import (
     decide,
 )
 from peerbot.dispatcher.store import (
-    ConversationStore,
+    ConversationBackend,
     Recorded,
     RequestRecord,
     WriteOutcome,
@@ -242,7 +242,7 @@ class Dispatcher:
         self,
         settings: DispatcherSettings,
         *,
-        store: ConversationStore,
+        store: ConversationBackend,
         slack: AsyncWebClient,
         metrics: Metrics,
         limiter: RateLimiter,

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -209,12 +209,14 @@ class WarmPool:
 
     # --- life ---------------------------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Open the hand-off client and start keeping the pool."""
+    async def start(self, *, keep: bool = True) -> None:
+        """Open the hand-off client and (``keep``) start keeping the pool; without ``keep`` the pool only
+        changes when :meth:`reconcile_once` is called (tests and benchmarks drive it step by step)."""
         self._http = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=HANDOFF_TOTAL_SECONDS, connect=HANDOFF_CONNECT_SECONDS)
         )
-        self._task = asyncio.create_task(self._loop(), name="peerbot warm pool")
+        if keep:
+            self._task = asyncio.create_task(self._loop(), name="peerbot warm pool")
         log.info(
             "warm pool started",
             size=self.settings.size,
@@ -372,10 +374,9 @@ class WarmPool:
     async def _create(self) -> None:
         token = self.tokens.issue()
         body = build_idle_pod(self.job_settings, self.settings, claim.token_digest(token), self._clock())
-        response = await self._core.create_namespaced_pod(
-            self.job_settings.namespace, body, _preload_content=False
+        created = await _raw(
+            self._core.create_namespaced_pod(self.job_settings.namespace, body, _preload_content=False)
         )
-        created = json.loads(await response.read())
         name = str(created["metadata"]["name"])
         self.tokens.keep(name, token)
         self._created[name] = self._clock()
@@ -384,12 +385,14 @@ class WarmPool:
     async def _retire(self, name: str, why: str) -> None:
         """Take an idle pod out of the pool (conditionally: a claimed one stays) and delete it."""
         try:
-            await self._core.patch_namespaced_pod(
-                name,
-                self.job_settings.namespace,
-                retire_patch(),
-                _content_type="application/json-patch+json",
-                _preload_content=False,
+            await _raw(
+                self._core.patch_namespaced_pod(
+                    name,
+                    self.job_settings.namespace,
+                    retire_patch(),
+                    _content_type="application/json-patch+json",
+                    _preload_content=False,
+                )
             )
         except ApiException as error:
             if error.status in (404, 409, 422):  # gone, or claimed a moment ago: not ours to remove
@@ -400,7 +403,9 @@ class WarmPool:
     async def _delete(self, name: str, why: str) -> None:
         self.tokens.forget(name)
         try:
-            await self._core.delete_namespaced_pod(name, self.job_settings.namespace, _preload_content=False)
+            await _raw(
+                self._core.delete_namespaced_pod(name, self.job_settings.namespace, _preload_content=False)
+            )
         except ApiException as error:
             if error.status != 404:
                 raise
@@ -423,12 +428,14 @@ class WarmPool:
                 continue
             self._taken.add(view.name)
             try:
-                await self._core.patch_namespaced_pod(
-                    view.name,
-                    self.job_settings.namespace,
-                    claim_patch(pod, request, self.job_settings, owner_uid, now),
-                    _content_type="application/json-patch+json",
-                    _preload_content=False,
+                await _raw(
+                    self._core.patch_namespaced_pod(
+                        view.name,
+                        self.job_settings.namespace,
+                        claim_patch(pod, request, self.job_settings, owner_uid, now),
+                        _content_type="application/json-patch+json",
+                        _preload_content=False,
+                    )
                 )
             except ApiException as error:
                 if error.status in (404, 409, 422):  # lost the race (or the pod is gone): next one
@@ -463,7 +470,9 @@ class WarmPool:
     async def _job_exists(self, name: str) -> bool:
         """Whether the turn already has a Job (started cold before): then it must not be claimed too."""
         try:
-            await self._batch.read_namespaced_job(name, self.job_settings.namespace, _preload_content=False)
+            await _raw(
+                self._batch.read_namespaced_job(name, self.job_settings.namespace, _preload_content=False)
+            )
         except ApiException as error:
             if error.status == 404:
                 return False
@@ -508,12 +517,14 @@ class WarmPool:
         """A hand-off failed: the pod stops being the turn's, then goes; the turn falls back to a Job."""
         self._claims.pop(request.job_name, None)
         try:
-            await self._core.patch_namespaced_pod(
-                pod,
-                self.job_settings.namespace,
-                unclaim_patch(request.job_name, request),
-                _content_type="application/json-patch+json",
-                _preload_content=False,
+            await _raw(
+                self._core.patch_namespaced_pod(
+                    pod,
+                    self.job_settings.namespace,
+                    unclaim_patch(request.job_name, request),
+                    _content_type="application/json-patch+json",
+                    _preload_content=False,
+                )
             )
         except ApiException as error:
             if error.status not in (404, 422):
@@ -526,11 +537,29 @@ class WarmPool:
         if pod is None:
             return
         try:
-            await self._core.delete_namespaced_pod(pod, self.job_settings.namespace, _preload_content=False)
+            await _raw(
+                self._core.delete_namespaced_pod(pod, self.job_settings.namespace, _preload_content=False)
+            )
         except ApiException as error:
             if error.status != 404:
                 raise
         log.info("warm pod stopped", pod=pod, job=job_name)
+
+
+async def _raw(call: Awaitable[Any]) -> dict[str, Any]:
+    """The JSON of a Kubernetes call made with ``_preload_content=False`` (which skips deserialising into
+    models, and also skips raising for error statuses): raises :class:`ApiException` for anything not 2xx."""
+    response = await call
+    try:
+        data = await response.read()
+    finally:
+        response.release()
+    if not 200 <= response.status < 300:
+        error = ApiException(status=response.status, reason=response.reason)
+        error.body = data.decode(errors="replace")
+        raise error
+    parsed: dict[str, Any] = json.loads(data) if data else {}
+    return parsed
 
 
 def _as_claimed(view: PoolPod) -> PoolPod:
@@ -563,13 +592,15 @@ class WarmLauncher:
 
 async def read_warm_turn(core: Any, namespace: str, conversation: str, job_name: str) -> list[JobView]:
     """The warm turn ``job_name`` of ``conversation`` read from the API (not kopf's index), if it exists."""
-    response = await core.list_namespaced_pod(
-        namespace,
-        label_selector=f"{constants.LABEL_CONVERSATION}={conversation},{claim.LABEL_POOL}={claim.POOL_CLAIMED}",
-        _preload_content=False,
+    listing = await _raw(
+        core.list_namespaced_pod(
+            namespace,
+            label_selector=f"{constants.LABEL_CONVERSATION}={conversation},{claim.LABEL_POOL}={claim.POOL_CLAIMED}",
+            _preload_content=False,
+        )
     )
     views = []
-    for pod in json.loads(await response.read()).get("items", []):
+    for pod in listing.get("items", []):
         view = warm_job_view(pod)
         if view is not None and view.name == job_name:
             views.append(view)

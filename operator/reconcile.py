@@ -12,7 +12,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -24,7 +24,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from peerbot import constants
 from peerbot.conversation import Conversation, Phase
 from peerbot.logs import get_logger
-from peerbot.operator.jobs import job_view
+from peerbot.operator.jobs import job_view, pod_view
 from peerbot.operator.launcher import Launch, TurnLauncher
 from peerbot.operator.notify import notify_thread
 from peerbot.operator.pool import read_warm_turn
@@ -48,6 +48,10 @@ from peerbot.resilience import Breakers, Dependency
 
 log = get_logger(__name__)
 
+#: Who Events posted outside kopf's handlers come from (kopf's own say "kopf").
+EVENT_SOURCE = "peerbot-operator"
+#: Event messages are cut here, as kopf cuts its own (events.k8s.io/v1 refuses notes over 1 KiB).
+EVENT_MESSAGE_LIMIT = 1024
 #: Kubernetes API errors worth retrying (throttling, conflicts, server trouble); others are permanent.
 RETRYABLE_STATUS = {409, 429, 500, 502, 503, 504}
 
@@ -136,6 +140,7 @@ class Reconciler:
                     raise kopf.PermanentError(f"Conversation {name} cannot be acted on: {problem}")
                 conversation = Conversation.model_validate(body)
                 jobs = await self._confirm_recorded_job(conversation, jobs)
+                jobs = await self._with_pods_of_finished_job(conversation, jobs)
                 deleting = bool((body.get("metadata") or {}).get("deletionTimestamp"))
                 result = plan(conversation, jobs, now, self.planner_settings, cluster, deleting=deleting)
                 body = await self._apply(body, conversation, result)
@@ -160,6 +165,46 @@ class Reconciler:
                     ) from error
                 raise
 
+    async def _with_pods_of_finished_job(
+        self, conversation: Conversation, jobs: list[JobView]
+    ) -> list[JobView]:
+        """Make sure a newly finished Job carries its pods (and so the worker's report) if they exist.
+
+        Jobs and pods come through separate watch streams: under load the Job's "complete" event can be
+        handled before kopf's index has seen its pod at all, and a finished Job without a pod reads as a
+        worker that reported nothing (``Failed``). Asking the API once for that Job's pods, before its
+        outcome is recorded, keeps a busy operator from failing turns that succeeded.
+        """
+        if not jobs:
+            return jobs
+        latest = max(jobs, key=lambda job: (job.turn, job.attempt))
+        already_recorded = conversation.status.job == latest.name and conversation.status.phase not in (
+            Phase.RUNNING,
+            Phase.PENDING,
+            Phase.QUEUED,
+        )
+        if not latest.finished or latest.pods or already_recorded:
+            return jobs
+        pods = await self._pods_of_job(conversation.name, latest.name)
+        if not pods:
+            return jobs  # really gone (deleted, lost with its node): the planner says so
+        found = replace(latest, pods=tuple(pod_view(pod) for pod in pods))
+        return [found if job is latest else job for job in jobs]
+
+    async def _pods_of_job(self, conversation: str, job: str) -> list[dict[str, Any]]:
+        response = await self._core.list_namespaced_pod(
+            self.namespace,
+            label_selector=f"{constants.LABEL_CONVERSATION}={conversation}",
+            _preload_content=False,
+        )
+        pods: list[dict[str, Any]] = [
+            pod
+            for pod in json.loads(await response.read()).get("items", [])
+            if any(ref.get("name") == job for ref in pod["metadata"].get("ownerReferences") or [])
+        ]
+        pods.sort(key=lambda pod: str(pod["metadata"].get("creationTimestamp", "")))
+        return pods
+
     async def _confirm_recorded_job(self, conversation: Conversation, jobs: list[JobView]) -> list[JobView]:
         """Make sure the Job the status says is running is in ``jobs`` if it exists at all.
 
@@ -174,13 +219,14 @@ class Reconciler:
             or any(j.name == recorded for j in jobs)
         ):
             return jobs
-        try:
-            response = await self._batch.read_namespaced_job(recorded, self.namespace, _preload_content=False)
-            job = json.loads(await response.read())
-        except ApiException as error:
-            if error.status == 404:  # no Job: perhaps a warm turn, whose worker is a claimed pod
-                return [*jobs, *await read_warm_turn(self._core, self.namespace, conversation.name, recorded)]
-            raise
+        # Without _preload_content the client raises for no status: a 404 arrives as a response.
+        response = await self._batch.read_namespaced_job(recorded, self.namespace, _preload_content=False)
+        if response.status == 404:  # no Job: perhaps a warm turn, whose worker is a claimed pod
+            response.release()
+            return [*jobs, *await read_warm_turn(self._core, self.namespace, conversation.name, recorded)]
+        if response.status >= 300:
+            raise ApiException(status=response.status, reason=response.reason)
+        job = json.loads(await response.read())
         response = await self._core.list_namespaced_pod(
             self.namespace,
             label_selector=f"{constants.LABEL_CONVERSATION}={conversation.name}",
@@ -244,7 +290,7 @@ class Reconciler:
                         reactions=self.reactions,
                     )
                 case RecordEvent(type=kind, reason=reason, message=message):
-                    kopf.event(kopf.Body(cast(Any, body)), type=kind, reason=reason, message=message)
+                    await self._record_event(body, kind, reason, message)
                 case DeleteConversation(reason=reason):
                     try:
                         await self._custom.delete_namespaced_custom_object(
@@ -259,6 +305,47 @@ class Reconciler:
                             raise
                     bound.info("conversation deleted", reason=reason)
         return body
+
+    async def _record_event(self, body: dict[str, Any], kind: str, reason: str, message: str) -> None:
+        """A Kubernetes Event on the Conversation: through kopf's queue (posted in the background, with
+        retries) inside kopf's handlers, directly otherwise. kopf's queue exists only in the context of its
+        per-object handlers; the resync loop (and any caller outside kopf) has none."""
+        try:
+            kopf.event(kopf.Body(cast(Any, body)), type=kind, reason=reason, message=message)
+            return
+        except LookupError:
+            pass
+        metadata = body.get("metadata") or {}
+        now = _now().isoformat().replace("+00:00", "Z")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "generateName": f"{metadata.get('name', 'conversation')}.",
+                "namespace": self.namespace,
+            },
+            "involvedObject": {
+                "apiVersion": body.get("apiVersion", f"{constants.API_GROUP}/{constants.API_VERSION}"),
+                "kind": body.get("kind", constants.CONVERSATION_KIND),
+                "name": metadata.get("name"),
+                "namespace": self.namespace,
+                "uid": metadata.get("uid"),
+            },
+            "type": kind,
+            "reason": reason,
+            "message": message[:EVENT_MESSAGE_LIMIT],
+            "source": {"component": EVENT_SOURCE},
+            "reportingComponent": EVENT_SOURCE,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            await self._core.create_namespaced_event(self.namespace, event)
+        except ApiException as error:  # an Event is a courtesy: never a reason to fail the reconcile
+            log.warning(
+                "event not recorded", conversation=metadata.get("name"), reason=reason, error=error.status
+            )
 
     def _fallback(self, reason: str) -> None:
         if self.observer is not None:

@@ -266,7 +266,7 @@ def claim_request(
     pointers = {
         str(item["name"]): str(item["value"])
         for item in env
-        if "value" in item and claim.POINTER_NAME.match(str(item["name"]))
+        if "value" in item and item["name"] in claim.POINTERS
     }
     return claim.ClaimRequest(claim=request.job_name, pointers=pointers)
 

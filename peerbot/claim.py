@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 import secrets
 from typing import Final
 
@@ -54,11 +53,25 @@ ENV_IDLE_TIMEOUT: Final = "PEERBOT_IDLE_TIMEOUT_SECONDS"
 
 #: 32 random bytes: the token is never guessable, and single use.
 TOKEN_BYTES: Final = 32
-#: The pointers a claim carries are exactly the ``PEERBOT_*`` environment variables a cold Job gets, plus
-#: the turn's time limit. Nothing else is accepted: a claim cannot set the worker's other settings.
-POINTER_NAME: Final = re.compile(r"^(PEERBOT_[A-Z_]+|SESSION_TIMEOUT_MINUTES)$")
-#: Pointers a claim may not set: they belong to the pod, not to the turn.
-POD_OWNED: Final = frozenset({"PEERBOT_RESULT_FILE", "PEERBOT_NAMESPACE", ENV_TOKEN_DIGEST, ENV_IDLE_PORT})
+#: The pointers a claim carries: exactly the environment variables with which a cold Job tells its worker
+#: about its turn (``operator/jobs.py``; ``tests/unit/test_warm_pool.py`` keeps the three lists equal).
+#: Nothing else is accepted: a claim cannot set the worker's settings, secrets or result file.
+POINTERS: Final = frozenset(
+    {
+        "PEERBOT_CONVERSATION",
+        "PEERBOT_TURN",
+        "PEERBOT_TEAM",
+        "PEERBOT_CHANNEL",
+        "PEERBOT_THREAD_TS",
+        "PEERBOT_USER",
+        "PEERBOT_REQUESTED_TS",
+        "PEERBOT_ANSWERED_TS",
+        "PEERBOT_REPOSITORY",
+        "PEERBOT_STATUS_MESSAGE_TS",
+        "PEERBOT_DEADLINE",
+        "SESSION_TIMEOUT_MINUTES",
+    }
+)
 #: A claim body is a few hundred bytes; anything much larger is not a claim.
 MAX_CLAIM_BYTES: Final = 16 * 1024
 
@@ -89,7 +102,7 @@ class ClaimRequest(BaseModel):
     @field_validator("pointers")
     @classmethod
     def _only_pointers(cls, value: dict[str, str]) -> dict[str, str]:
-        bad = sorted(name for name in value if not POINTER_NAME.match(name) or name in POD_OWNED)
+        bad = sorted(name for name in value if name not in POINTERS)
         if bad:
             raise ValueError(f"not turn pointers: {', '.join(bad)}")
         return value

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from peerbot import constants
@@ -373,11 +374,27 @@ class WorkerSettings(SlackSettings):
         min_length=1,
         json_schema_extra=_hint("set ANTHROPIC_SUMMARY_MODEL to the model that writes compaction summaries"),
     )
+    repository_host: Literal["github", "local"] = Field(
+        default="github",
+        json_schema_extra=_hint(
+            "set REPOSITORY_HOST to github, or to local for bare git repositories in REPOSITORIES_DIR"
+        ),
+    )
+    repositories_dir: Path = Field(
+        default=Path("repositories"),
+        json_schema_extra=_hint(
+            "set REPOSITORIES_DIR to the folder of bare git repositories (used when REPOSITORY_HOST=local)"
+        ),
+    )
+    # Declared after repository_host: its check reads the host. Needed only when the host is GitHub.
     github_token: SecretStr = Field(
+        default=SecretStr(""),
+        validate_default=True,
         json_schema_extra=_hint(
             "set GITHUB_TOKEN to a token with repository access to GITHUB_ORGANIZATION "
-            "(GitHub: Settings > Developer settings > Personal access tokens)"
-        )
+            "(GitHub: Settings > Developer settings > Personal access tokens), or set "
+            "REPOSITORY_HOST=local to keep repositories in local git instead"
+        ),
     )
     github_api_url: str = Field(
         default="https://api.github.com",
@@ -457,6 +474,14 @@ class WorkerSettings(SlackSettings):
     def _anthropic_key_shape(cls, value: SecretStr) -> SecretStr:
         if not value.get_secret_value().strip():
             raise ValueError("empty")
+        return value
+
+    @field_validator("github_token")
+    @classmethod
+    def _github_token_for_github(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
+        # A malformed REPOSITORY_HOST is reported on its own; only a GitHub host needs the token.
+        if info.data.get("repository_host") == "github" and not value.get_secret_value().strip():
+            raise PydanticCustomError("missing", "Field required")
         return value
 
 

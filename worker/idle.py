@@ -44,9 +44,10 @@ ALL_ADDRESSES: Final = "0.0.0.0"  # noqa: S104 (a pod's own network namespace; t
 DEFAULT_IDLE_TIMEOUT_SECONDS: Final = 35 * 60.0
 #: Requests still in flight when the server stops get this long.
 SHUTDOWN_GRACE_SECONDS: Final = 1.0
-#: The TurnPointers fields a claim sets, by environment name; everything else comes from the pod.
+#: The TurnPointers fields a claim sets (their environment names are ``claim.POINTERS``); everything else,
+#: the settings every part shares included, comes from the pod.
 _POINTER_FIELDS: Final = tuple(
-    name for name in TurnPointers.model_fields if name.startswith("peerbot_") and name != "peerbot_namespace"
+    name for name in TurnPointers.model_fields if name not in PeerbotSettings.model_fields
 )
 #: Modules a turn imports; importing them while idle is most of what "warm" buys after the pod start.
 WARM_IMPORTS: Final = (

@@ -11,6 +11,10 @@ Two halves:
 - :class:`Checkout` (the real ``git`` CLI, async): a shallow clone of the thread's branch (or of the default
   branch, from which the thread's branch starts), commit everything, push.
 
+On one machine without a GitHub token, :class:`peerbot.worker.local_host.LocalHost` takes the place of
+:class:`GitHubHost` (bare repositories in a folder; same interface); :class:`Checkout` and :class:`Git`
+work the same against it, with no token at all.
+
 **The token never lands in a URL, a file or a log.** git gets it from a credential helper that reads it
 from an environment variable set only for the commands that talk to GitHub (clone, push). The helper is
 scoped to GitHub's own scheme and host and every other helper is switched off, so a remote rewritten by
@@ -241,13 +245,13 @@ class GitCommandError(Exception):
 
 
 class Git:
-    """Runs git with Peerbot's safe configuration; the token only for commands that need it."""
+    """Runs git with Peerbot's safe configuration; the token (if any) only for commands that need it."""
 
     def __init__(
         self,
         *,
         env: Mapping[str, str],
-        token: str,
+        token: str = "",
         redact: Callable[[str], str],
         timeout_seconds: float = GIT_TIMEOUT_SECONDS,
     ) -> None:
@@ -274,12 +278,16 @@ class Git:
         return ["-c", "credential.helper=", "-c", f"credential.{origin}.helper={CREDENTIAL_HELPER}"]
 
     async def run(self, *args: str, cwd: Path, token_for: str | None = None) -> str:
-        """Run ``git args`` in ``cwd``; ``token_for`` (a URL) makes the token available for that origin."""
+        """Run ``git args`` in ``cwd``; ``token_for`` (a URL) makes the token available for that origin.
+
+        With no token (the local repository host, :mod:`peerbot.worker.local_host`) no credential helper
+        is set up at all: there is nothing to hand over.
+        """
         command = ["git"]
         for setting in SAFE_CONFIG:
             command += ["-c", setting]
         env = dict(self.env)
-        if token_for is not None:
+        if token_for is not None and self._token:
             command += self._credential_config(token_for)
             env[TOKEN_VARIABLE] = self._token
         command += list(args)

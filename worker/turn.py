@@ -546,6 +546,20 @@ class Turn:
         self._owned.append(client)
         return client
 
+    def _repository_host(self) -> Any:
+        """GitHub, or bare git repositories in ``REPOSITORIES_DIR`` (``REPOSITORY_HOST=local``)."""
+        if self.settings.repository_host == "local":
+            from peerbot.worker.local_host import LocalHost
+
+            return LocalHost(
+                self.settings.repositories_dir,
+                self.settings.github_organization,
+                env=tool_environment(self.deps.env, workspace=self.workspace),
+            )
+        from peerbot.worker.repository import GitHubHost
+
+        return GitHubHost(self._github(), self.settings.github_organization)
+
     async def _retrying(self, call: Callable[[], Awaitable[Any]]) -> Any:
         """``call`` (GitHub), tried again with backoff and jitter while it fails with a transient outage
         (tenacity, at most ``len(OUTAGE_RETRY_DELAYS) + 1`` attempts), behind the ``github`` breaker."""
@@ -582,11 +596,12 @@ class Turn:
             ) from error
 
     async def _open_repository(self, wanted: str | None, *, clone: bool) -> None:
-        from peerbot.worker.repository import Checkout, Git, GitHubHost
+        from peerbot.worker.repository import Checkout, Git
 
         assert self.progress is not None
-        self.host = GitHubHost(self._github(), self.settings.github_organization)
-        self.progress.doing(f"opening {wanted or 'your repository'} on GitHub")
+        local = self.settings.repository_host == "local"
+        self.host = self._repository_host()
+        self.progress.doing(f"opening {wanted or 'your repository'} {'locally' if local else 'on GitHub'}")
         host = self.host
         self.info = await self._retrying(
             lambda: asyncio.to_thread(host.resolve, wanted, self.pointers.peerbot_user, self.branch)
@@ -596,7 +611,7 @@ class Turn:
             return
         git = Git(
             env=tool_environment(self.deps.env, workspace=self.workspace),
-            token=self.settings.github_token.get_secret_value(),
+            token="" if local else self.settings.github_token.get_secret_value(),
             redact=self.redact,
         )
         if self.repo_dir.exists():
@@ -713,7 +728,7 @@ class Turn:
         )
 
     async def _deliver(self, outcome: AgentOutcome, *, request_text: str) -> TurnResult:
-        from peerbot.slack_messages import AnswerFooter, Link, answer_messages
+        from peerbot.slack_messages import AnswerFooter, answer_messages
 
         assert self.thread is not None
         assert self.progress is not None
@@ -756,10 +771,10 @@ class Turn:
             cache_write_tokens=total.cache_write,
             cost_usd=self.accounting.cost_usd,
             duration_seconds=self.deadline.elapsed(),
-            branch=Link(self.branch, self.info.branch_url(self.branch))
+            branch=_link(self.branch, self.info.branch_url(self.branch))
             if self.branch_pushed and self.info
             else None,
-            pull_request=Link(f"#{self.pull.number}", self.pull.url) if self.pull else None,
+            pull_request=_link(f"#{self.pull.number}", self.pull.url) if self.pull else None,
         )
         rendered = answer_messages(self.redact(answer + notes), footer=footer)
         progress.doing("posting the answer")
@@ -788,7 +803,7 @@ class Turn:
         return self._result(Outcome.DONE, answered_ts=self.included_ts)
 
     async def _pause(self, outcome: AgentOutcome) -> TurnResult:
-        from peerbot.slack_messages import Link, paused_message
+        from peerbot.slack_messages import paused_message
 
         assert self.thread is not None
         assert self.progress is not None
@@ -805,7 +820,9 @@ class Turn:
                 detail=self.checkpointer.last_error,
             )
         branch = (
-            Link(self.branch, self.info.branch_url(self.branch)) if self.branch_pushed and self.info else None
+            _link(self.branch, self.info.branch_url(self.branch))
+            if self.branch_pushed and self.info
+            else None
         )
         message = paused_message(
             conversation=self.pointers.peerbot_conversation,
@@ -887,6 +904,14 @@ class Turn:
                 duration_seconds=self.deadline.elapsed(), breakers_opened=self.breakers.opened()
             ),
         )
+
+
+def _link(text: str, url: str) -> Any:
+    """A :class:`~peerbot.slack_messages.Link` for the thread. Slack links only web addresses, so a path
+    (the local repository host's branches and pull requests) is shown after the label instead."""
+    from peerbot.slack_messages import Link
+
+    return Link(text, url) if url.startswith(("https://", "http://")) else Link(f"{text} ({url})", url)
 
 
 def _span(seconds: float) -> str:

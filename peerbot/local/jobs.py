@@ -12,7 +12,8 @@ without any process:
   was killed with its workers) is a lost pod, which the planner retries once.
 - :func:`worker_environment` builds the worker's environment from the same pointers the operator puts in
   a Job (:func:`~peerbot.operator.jobs.build_worker_job`), plus what only one machine needs: the session
-  folder, the workspace and the result file of this turn.
+  folder, the workspace and the result file of this turn, and (without ``GITHUB_TOKEN``) the local
+  repository host and its folder.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any, Final
 from pydantic import BaseModel, ConfigDict
 
 from peerbot.conversation import ConversationSpec
+from peerbot.local.settings import local_repositories
 from peerbot.operator.jobs import JobSettings, build_worker_job
 from peerbot.planner import JobView, PodView, TurnRequest
 from peerbot.result import ExitCode, Outcome, TurnResult
@@ -200,6 +202,7 @@ def worker_environment(
     session_dir: Path,
     workspace: Path,
     result_file: Path,
+    repositories_dir: Path,
 ) -> dict[str, str]:
     """The environment of one worker process (see the module docstring).
 
@@ -207,6 +210,8 @@ def worker_environment(
     ``.env``); anything ``PEERBOT_*`` in it is replaced by this turn's pointers. ``HOME`` and ``TMPDIR``
     point into the turn's workspace, as in a pod, so the agent's commands never see the person's own
     dotfiles and credentials by default, and everything a turn writes goes when its workspace does.
+    Without ``GITHUB_TOKEN`` (and no ``REPOSITORY_HOST`` chosen) the worker keeps repositories in local
+    git: ``REPOSITORY_HOST=local`` and ``REPOSITORIES_DIR=repositories_dir``.
     """
     settings = JobSettings(**_JOB_SETTINGS_DEFAULTS, session_timeout_minutes=timeout_minutes)
     manifest = build_worker_job(request, settings, owner_uid="", now=now)
@@ -235,5 +240,7 @@ def worker_environment(
             "TMPDIR": str(workspace / "tmp"),
         }
     )
+    if local_repositories(base):
+        env.update({"REPOSITORY_HOST": "local", "REPOSITORIES_DIR": str(repositories_dir)})
     env["LOG_FORMAT"] = "json"  # the worker's log goes to a file: one JSON object a line
     return env

@@ -26,7 +26,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from peerbot.dispatcher.app import DispatcherApp, build_dispatcher
 from peerbot.local.runner import LocalRunner, RunnerBusyError, RunnerFolders
-from peerbot.local.settings import LocalConfig
+from peerbot.local.settings import REPOSITORIES_FOLDER, LocalConfig
 from peerbot.local.store import ConversationFiles, FileConversationStore
 from peerbot.logs import get_logger
 from peerbot.operator.reconcile import planner_settings
@@ -51,27 +51,9 @@ def _slack_refusal(setting: str, error: SlackApiError) -> LocalStartError:
     )
 
 
-def _use_store(app: DispatcherApp, store: FileConversationStore) -> None:
-    """Make a built dispatcher record Conversations in ``store``.
-
-    The dispatcher uses only the calls of :class:`~peerbot.dispatcher.store.ConversationBackend`; until
-    ``build_dispatcher`` takes a store, the Kubernetes one it made is replaced here.
-    """
-    target: Any = app
-    target.store = store
-    target.dispatcher.store = store
-
-
 async def _dispatcher(config: LocalConfig, store: FileConversationStore) -> DispatcherApp:
-    from kubernetes_asyncio import client
-
-    unused = client.ApiClient()  # build_dispatcher wants one; nothing here talks to Kubernetes
-    try:
-        app = await build_dispatcher(config.dispatcher, kube_client=unused, namespace=store.namespace)
-    finally:
-        await unused.close()
-    _use_store(app, store)
-    return app
+    """The real dispatcher, recording Conversations in the folder instead of the Kubernetes API."""
+    return await build_dispatcher(config.dispatcher, store=store, namespace=store.namespace)
 
 
 def _slack_client(config: LocalConfig) -> AsyncWebClient:
@@ -122,6 +104,7 @@ def _banner(config: LocalConfig, identity: dict[str, Any], url: str) -> str:
             f"  conversations  {folder / 'conversations'}",
             f"  sessions       {folder / 'sessions'}",
             f"  turn logs      {folder / 'jobs'}",
+            _repositories_line(config),
             f"  health         {url}/health",
             "Mention the bot in a channel it is in. Ctrl-C stops it: running turns are paused and saved, and "
             "continue when it starts again.",
@@ -201,6 +184,17 @@ async def _start_dispatcher(app: DispatcherApp, config: LocalConfig) -> None:
             f"cannot listen on {HOST}:{config.local.port} ({error.strerror or error}): set PORT to a free "
             "port, or to 0 to pick one"
         ) from None
+
+
+def _repositories_line(config: LocalConfig) -> str:
+    """Where the workers keep repositories: local git without ``GITHUB_TOKEN``, else GitHub."""
+    worker = config.worker
+    if worker.repository_host == "local":
+        return (
+            f"  repositories   {config.folder / REPOSITORIES_FOLDER} (local git: without GITHUB_TOKEN, "
+            "repositories stay on this machine; set it to use GitHub)"
+        )
+    return f"  repositories   GitHub, {worker.github_api_url} (organization {worker.github_organization})"
 
 
 def _print(text: str) -> None:

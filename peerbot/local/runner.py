@@ -59,6 +59,7 @@ from peerbot.local.jobs import (
     job_view,
     worker_environment,
 )
+from peerbot.local.settings import REPOSITORIES_FOLDER
 from peerbot.local.store import ConversationFiles, NotFoundError
 from peerbot.logs import get_logger
 from peerbot.operator.notify import notify_thread
@@ -133,6 +134,11 @@ class RunnerFolders:
     @property
     def workspaces(self) -> Path:
         return self.root / "workspaces"
+
+    @property
+    def repositories(self) -> Path:
+        """The bare git repositories of the local repository host (used without ``GITHUB_TOKEN``)."""
+        return self.root / REPOSITORIES_FOLDER
 
     @property
     def lock(self) -> Path:
@@ -585,6 +591,7 @@ class LocalRunner:
             session_dir=self.folders.sessions,
             workspace=workspace,
             result_file=self.folders.result(name),
+            repositories_dir=self.folders.repositories,
         )
         # On disk before the process exists: a runner killed right after the start still finds the turn
         # (and its worker, by the liveness lock) when it starts again, instead of starting it twice.

@@ -5,6 +5,9 @@ Values come from the environment, then from a ``.env`` file in the current folde
 missing token is not reported one variable at a time: :func:`load_config` raises one
 :class:`LocalSetupError` listing every token still missing, where to get each, and that ``peerbot demo``
 needs none of them. Malformed values are reported the same way, one line each, with the fix.
+
+``GITHUB_TOKEN`` is optional: without it, workers keep repositories in local git repositories under
+``PEERBOT_LOCAL_DIR/repositories`` (``REPOSITORY_HOST=local``; :func:`local_repositories`).
 """
 
 from __future__ import annotations
@@ -42,12 +45,21 @@ TOKENS: Final[dict[str, str]] = {
         "Information' page, 'App-Level Tokens' (Socket Mode, so no public URL is needed)"
     ),
     "ANTHROPIC_API_KEY": "an API key (sk-ant-...): https://console.anthropic.com/settings/keys",
-    "GITHUB_TOKEN": (
-        "a token that can create, push to and open pull requests in the repositories of "
-        "GITHUB_ORGANIZATION: https://github.com/settings/tokens (fine-grained: Contents, Pull requests "
-        "and Administration read/write on that organization)"
-    ),
 }
+#: What GITHUB_TOKEN must allow and where to get it. It is optional: with it, repositories are on GitHub;
+#: without it, in local git repositories (see :func:`local_repositories`).
+GITHUB_HELP: Final = (
+    "a token that can create, push to and open pull requests in the repositories of "
+    "GITHUB_ORGANIZATION: https://github.com/settings/tokens (fine-grained: Contents, Pull requests "
+    "and Administration read/write on that organization)"
+)
+#: Where, under ``PEERBOT_LOCAL_DIR``, repositories are kept when they stay on this machine.
+REPOSITORIES_FOLDER: Final = "repositories"
+#: Said when peerbot local cannot start and GITHUB_TOKEN is not set either.
+LOCAL_REPOSITORIES_NOTE: Final = (
+    f"Optional: GITHUB_TOKEN, {GITHUB_HELP}. Without it, repositories stay in local git repositories "
+    f"in PEERBOT_LOCAL_DIR/{REPOSITORIES_FOLDER}."
+)
 DEMO_NOTE: Final = "No accounts yet? `peerbot demo` shows the whole flow offline and needs none of these."
 GUIDE_NOTE: Final = "docs/local.md walks through creating the Slack app and each token."
 
@@ -135,8 +147,23 @@ def missing_tokens(environ: Mapping[str, str]) -> list[str]:
     return [name for name in TOKENS if not environ.get(name, "").strip()]
 
 
-def setup_message(env_file: Path, *, missing: list[str], problems: list[str]) -> str:
-    """The one message a person sees when ``peerbot local`` cannot start (see the module docstring)."""
+def local_repositories(environ: Mapping[str, str]) -> bool:
+    """Whether workers keep repositories in local git (``REPOSITORY_HOST=local``) rather than on GitHub.
+
+    ``REPOSITORY_HOST`` decides when it is set; otherwise GitHub when ``GITHUB_TOKEN`` is set, else local.
+    """
+    host = environ.get("REPOSITORY_HOST", "").strip()
+    if host:
+        return host == "local"
+    return not environ.get("GITHUB_TOKEN", "").strip()
+
+
+def setup_message(env_file: Path, *, missing: list[str], problems: list[str], local: bool = False) -> str:
+    """The one message a person sees when ``peerbot local`` cannot start (see the module docstring).
+
+    ``local``: repositories would stay on this machine (no ``GITHUB_TOKEN``), which is said, with where
+    to get the token for GitHub.
+    """
     lines = []
     if missing:
         lines.append(f"peerbot local cannot start: set these in the environment or in {env_file}:")
@@ -149,6 +176,8 @@ def setup_message(env_file: Path, *, missing: list[str], problems: list[str]) ->
             else "and these settings need fixing:"
         )
         lines.extend(f"  - {problem}" for problem in problems)
+    if local:
+        lines.append(LOCAL_REPOSITORIES_NOTE)
     lines.append(GUIDE_NOTE)
     lines.append(DEMO_NOTE)
     return "\n".join(lines)
@@ -157,8 +186,9 @@ def setup_message(env_file: Path, *, missing: list[str], problems: list[str]) ->
 def load_config(env_file: Path) -> LocalConfig:
     """Check every setting ``peerbot local`` and its parts need; :class:`LocalSetupError` if any is wrong."""
     missing = missing_tokens(os.environ)
+    local_git = local_repositories(os.environ)
     if missing:
-        raise LocalSetupError(setup_message(env_file, missing=missing, problems=[]))
+        raise LocalSetupError(setup_message(env_file, missing=missing, problems=[], local=local_git))
     problems: list[str] = []
 
     def collect(load: type[PeerbotSettings], **overrides: object) -> PeerbotSettings | None:
@@ -174,15 +204,19 @@ def load_config(env_file: Path) -> LocalConfig:
     dispatcher = collect(DispatcherSettings, port=constants.DEFAULT_PORT)
     # Checked now with this machine's per-turn values, so that a bad setting stops peerbot local at start
     # instead of failing every turn.
+    repositories: dict[str, object] = (
+        {"repository_host": "local", "repositories_dir": folder / REPOSITORIES_FOLDER} if local_git else {}
+    )
     worker = collect(
         WorkerSettings,
         session_store="local",
         session_dir=folder / "sessions",
         workspace_dir=folder / "workspaces",
         peerbot_result_file=folder / "jobs" / "check.result.json",
+        **repositories,
     )
     if problems:
-        raise LocalSetupError(setup_message(env_file, missing=[], problems=problems))
+        raise LocalSetupError(setup_message(env_file, missing=[], problems=problems, local=local_git))
     assert isinstance(local, LocalSettings)
     assert isinstance(dispatcher, DispatcherSettings)
     assert isinstance(worker, WorkerSettings)

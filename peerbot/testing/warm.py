@@ -215,7 +215,7 @@ class _Kubelet:
         async with self._changed:
             self._changed.notify_all()
 
-    async def _wait(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    async def _wait(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:  # noqa: ASYNC109
         try:
             async with asyncio.timeout(timeout), self._changed:
                 await self._changed.wait_for(lambda: bool(predicate()) or bool(self.failures))
@@ -243,7 +243,12 @@ class _Kubelet:
     async def _status(self, name: str, status: Mapping[str, Any]) -> None:
         with contextlib.suppress(Exception):  # a pod deleted meanwhile has no status to report
             await asyncio.to_thread(
-                self.kubernetes.patch, "pods", self.namespace, name, {"status": dict(status)}, subresource="status"
+                self.kubernetes.patch,
+                "pods",
+                self.namespace,
+                name,
+                {"status": dict(status)},
+                subresource="status",
             )
 
 
@@ -256,7 +261,13 @@ def _running_status(address: str, started: str, image: str | None) -> dict[str, 
         "startTime": started,
         "conditions": [
             {"type": kind, "status": "True", "lastTransitionTime": started}
-            for kind in ("PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady", "PodScheduled")
+            for kind in (
+                "PodReadyToStartContainers",
+                "Initialized",
+                "Ready",
+                "ContainersReady",
+                "PodScheduled",
+            )
         ],
         "containerStatuses": [
             {
@@ -284,10 +295,21 @@ def _terminated_status(code: int, message: str | None, started: str, finished: s
         "phase": "Succeeded" if code == 0 else "Failed",
         "conditions": [
             {"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": finished},
-            {"type": "ContainersReady", "status": "False", "reason": "PodCompleted", "lastTransitionTime": finished},
+            {
+                "type": "ContainersReady",
+                "status": "False",
+                "reason": "PodCompleted",
+                "lastTransitionTime": finished,
+            },
         ],
         "containerStatuses": [
-            {"name": "worker", "ready": False, "started": False, "restartCount": 0, "state": {"terminated": terminated}}
+            {
+                "name": "worker",
+                "ready": False,
+                "started": False,
+                "restartCount": 0,
+                "state": {"terminated": terminated},
+            }
         ],
     }
 
@@ -328,7 +350,9 @@ class IdlePodKubelet(_Kubelet):
         api = await self._connect()
         self._http = aiohttp.ClientSession()
         core: Any = client.CoreV1Api(api)
-        await self._start_watch(_Watch(core.list_namespaced_pod, self.namespace, claim.LABEL_POOL, self._consider))
+        await self._start_watch(
+            _Watch(core.list_namespaced_pod, self.namespace, claim.LABEL_POOL, self._consider)
+        )
         return self
 
     async def stop(self) -> None:
@@ -414,7 +438,9 @@ class IdlePodKubelet(_Kubelet):
             run.termination_message = message
             return code
 
-        worker = IdleWorker(token_digest=digest, run_turn=run_turn, host=address, port=self.port, idle_timeout=3600)
+        worker = IdleWorker(
+            token_digest=digest, run_turn=run_turn, host=address, port=self.port, idle_timeout=3600
+        )
         self._workers[name] = worker
         started = rfc3339(_utcnow())
         try:
@@ -468,7 +494,9 @@ class ScriptedJobKubelet(_Kubelet):
     async def start(self) -> Self:
         api = await self._connect()
         batch: Any = client.BatchV1Api(api)
-        await self._start_watch(_Watch(batch.list_namespaced_job, self.namespace, WORKER_JOBS, self._consider))
+        await self._start_watch(
+            _Watch(batch.list_namespaced_job, self.namespace, WORKER_JOBS, self._consider)
+        )
         return self
 
     async def stop(self) -> None:
@@ -489,7 +517,9 @@ class ScriptedJobKubelet(_Kubelet):
     async def wait_for_job(self, name: str, timeout: float = 10.0) -> float:  # noqa: ASYNC109
         """Wait until Job ``name`` has run; when its turn started (``time.perf_counter()``)."""
         started: float = await self._wait(
-            lambda: self.started.get(name) if name in self.finished else None, timeout, f"the Job {name} running"
+            lambda: self.started.get(name) if name in self.finished else None,
+            timeout,
+            f"the Job {name} running",
         )
         return started
 

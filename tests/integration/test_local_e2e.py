@@ -3,7 +3,8 @@
 ``peerbot local`` runs as a process, as a person runs it, against the Slack stand-in (Socket Mode), the
 scripted Claude and the GitHub stand-in: a mention becomes a local worker run that answers in the thread,
 a reply continues the same session, and Ctrl-C in the middle of a turn pauses it (the worker saves its
-steps and pushes its work) so that the next start finishes it with nothing lost.
+steps and pushes its work) so that the next start finishes it with nothing lost. That last one runs
+without ``GITHUB_TOKEN``: the repositories stay in local git under the folder, and GitHub is never asked.
 
 Waits are on the stand-ins' own conditions (a Socket Mode connection, a message in the thread); the only
 thing with no event to wait for is a file another process writes, which is re-read until it changes,
@@ -41,7 +42,7 @@ FILE_POLL_SECONDS = 0.05
 class LocalProcess:
     """``peerbot local`` as a child process with its output in a file."""
 
-    def __init__(self, world: WorkerWorld, root: Path, name: str) -> None:
+    def __init__(self, world: WorkerWorld, root: Path, name: str, *, github: bool = True) -> None:
         self.world = world
         self.root = root
         self.log = root / f"{name}.log"
@@ -61,6 +62,9 @@ class LocalProcess:
                 "LOG_FORMAT": "json",
             }
         )
+        if not github:  # repositories in local git, under PEERBOT_LOCAL_DIR/repositories
+            for name in ("GITHUB_TOKEN", "GITHUB_API_URL"):
+                env.pop(name)
         with open(self.log, "wb") as output:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "peerbot.cli", "local"],
@@ -102,11 +106,11 @@ def world(tmp_path: Path) -> Iterator[WorkerWorld]:
 
 
 @pytest.fixture
-def start(world: WorkerWorld, tmp_path: Path) -> Iterator[Callable[[], LocalProcess]]:
+def start(world: WorkerWorld, tmp_path: Path) -> Iterator[Callable[..., LocalProcess]]:
     started: list[LocalProcess] = []
 
-    def run() -> LocalProcess:
-        local = LocalProcess(world, tmp_path, f"local-{len(started) + 1}")
+    def run(*, github: bool = True) -> LocalProcess:
+        local = LocalProcess(world, tmp_path, f"local-{len(started) + 1}", github=github)
         started.append(local)
         local.wait_connected()
         return local
@@ -140,6 +144,19 @@ def bot_said(world: WorkerWorld, thread_ts: str, words: str) -> Callable[[], boo
         for message in world.slack.thread(channel, thread_ts)
         if message.user == world.slack.bot_user_id
     )
+
+
+def local_file(bare: Path, branch: str, path: str) -> str:
+    """A file on a branch of a bare repository, read with plain git."""
+    env = {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+    }
+    done = subprocess.run(
+        ["git", "show", f"{branch}:{path}"], cwd=bare, env=env, capture_output=True, text=True, check=True
+    )
+    return done.stdout
 
 
 def history_text(request: ReceivedRequest) -> str:
@@ -199,11 +216,12 @@ def test_a_mention_becomes_a_local_worker_run_and_a_reply_continues_it(
 
     assert local.interrupt() == 0
     assert "peerbot local is running" in local.output()
+    assert "repositories   GitHub" in local.output()
     assert GITHUB_TOKEN not in local.output()
 
 
 def test_ctrl_c_pauses_a_turn_and_the_next_start_finishes_it_with_nothing_lost(
-    world: WorkerWorld, start: Callable[[], LocalProcess], tmp_path: Path
+    world: WorkerWorld, start: Callable[..., LocalProcess], tmp_path: Path
 ) -> None:
     slack = world.slack
     gate = threading.Event()
@@ -219,7 +237,7 @@ def test_ctrl_c_pauses_a_turn_and_the_next_start_finishes_it_with_nothing_lost(
             ),
         ]
     )
-    first = start()
+    first = start(github=False)
     mention = slack.app_mention(slack.human, slack.public_channel, f"{slack.mention} add y to app.py")
     ts = mention["event"]["ts"]
     slack.send_socket_event(mention).wait(timeout=5)
@@ -236,12 +254,16 @@ def test_ctrl_c_pauses_a_turn_and_the_next_start_finishes_it_with_nothing_lost(
     assert json.loads(conversation_file(tmp_path, name).read_text())["status"]["phase"] == "Running"
     assert bot_said(world, ts, "picks up from there")()
     branch = f"peerbot/{slack.public_channel.lower()}-{ts.replace('.', '-')}"
-    assert world.github.read_file(world.user_repository(slack.human), branch, "app.py") == b"x = 1\ny = 2\n"
+    # No GITHUB_TOKEN: the user's repository was made in local git, and the work pushed there.
+    bare = tmp_path / "local" / "repositories" / world.user_repository(slack.human)
+    bare = bare.with_name(bare.name + ".git")
+    assert local_file(bare, branch, "app.py") == "y = 2\n"
+    assert "repositories stay on this machine" in first.output()
     slack.wait_until(
         lambda: slack.socket_connections == 0, timeout=5, description="the old connection closed"
     )
 
-    second = start()
+    second = start(github=False)
     slack.wait_until(
         bot_said(world, ts, "Resumed: y is added."), timeout=TURN_TIMEOUT, description="the answer"
     )
@@ -253,4 +275,9 @@ def test_ctrl_c_pauses_a_turn_and_the_next_start_finishes_it_with_nothing_lost(
     assert (status["turns"], status["job"]) == (1, f"{name}-t1")  # the same turn, finished
     record = JobRecord.model_validate_json((tmp_path / "local" / "jobs" / f"{name}-t1.json").read_text())
     assert (record.state, record.runs, record.exit_code) == (JobState.FINISHED, 2, 0)
+    # The pull request is a record next to the repository; the thread shows where.
+    page = bare.with_name(bare.name.removesuffix(".git") + ".pulls") / "1.md"
+    assert json.loads(page.with_suffix(".json").read_text())["head"] == branch
+    assert f"#1 ({page})" in slack.render_thread(slack.public_channel, ts)
+    assert world.github.pull_requests(world.user_repository(slack.human)) == []  # GitHub never asked
     assert second.interrupt() == 0

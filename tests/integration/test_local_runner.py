@@ -474,6 +474,7 @@ def _start_orphan(world: World, record: JobRecord) -> subprocess.Popen[bytes]:
         session_dir=world.folders.sessions,
         workspace=workspace,
         result_file=world.folders.result(record.name),
+        repositories_dir=world.folders.repositories,
     )
     alive = os.open(world.folders.alive(record.name), os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(alive, fcntl.LOCK_EX)

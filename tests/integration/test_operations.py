@@ -103,10 +103,17 @@ def operator(
             settings.batching.idle_timeout = 0.2
             settings.batching.exit_timeout = 0.2
             args = ["run", "--standalone", "--namespace", NAMESPACE, "-m", "peerbot.operator"]
+            failed = False
             with KopfRunner(args, settings=settings, timeout=10) as runner:
                 kubernetes_standin.wait_for_watch("conversations", NAMESPACE, timeout=WAIT)
                 kubernetes_standin.wait_for_watch("jobs", NAMESPACE, timeout=WAIT)
-                yield f"http://127.0.0.1:{port}"
+                try:
+                    yield f"http://127.0.0.1:{port}"
+                except BaseException:
+                    failed = True
+                    raise
+        if failed:
+            print(runner.output)  # what the operator logged, shown with the failure
         assert runner.exception is None, runner.output
 
     return run
@@ -174,7 +181,9 @@ async def test_maintenance_end_to_end(
     # A request recorded before maintenance began: the operator holds it, says so once, starts nothing.
     thread = Thread(slack, kube)
     with operator(PEERBOT_MAINTENANCE="true") as url:
-        thread.create()
+        # As the dispatcher records it: with its status message (a turn waits a moment for one).
+        status = slack.post_message(slack.bot_user_id, thread.channel, "Queued", thread_ts=thread.thread_ts)
+        thread.create(statusMessageTs=status.ts)
         held = thread.wait_status(
             lambda s: any(c.get("type") == "Maintenance" for c in s.get("conditions") or [])
         )

@@ -150,6 +150,7 @@ def test_the_worker_gets_the_operators_pointers_and_this_machines_folders(tmp_pa
         session_dir=tmp_path / "sessions",
         workspace=tmp_path / "ws",
         result_file=tmp_path / "r.json",
+        repositories_dir=tmp_path / "repositories",
     )
     job = build_worker_job(request, _settings(), owner_uid="", now=NOW)
     operator_pointers = {
@@ -165,6 +166,35 @@ def test_the_worker_gets_the_operators_pointers_and_this_machines_folders(tmp_pa
     assert env["HOME"] == str(tmp_path / "ws" / "home")
     assert env["SLACK_BOT_TOKEN"] == "xoxb-1"
     assert "SLACK_APP_TOKEN" not in env
+
+
+@pytest.mark.parametrize(
+    ("base", "host"),
+    [
+        ({}, "local"),  # no GITHUB_TOKEN: repositories stay on this machine
+        ({"GITHUB_TOKEN": "  "}, "local"),
+        ({"GITHUB_TOKEN": "ghp_x"}, None),  # GitHub: the worker's default
+        ({"GITHUB_TOKEN": "ghp_x", "REPOSITORY_HOST": "local"}, "local"),  # chosen: local even with a token
+        ({"REPOSITORY_HOST": "github"}, "github"),  # chosen: GitHub (the worker then asks for the token)
+    ],
+)
+def test_without_a_github_token_the_worker_keeps_repositories_in_local_git(
+    tmp_path: Path, base: dict[str, str], host: str | None
+) -> None:
+    env = worker_environment(
+        record().request(),
+        base={"PATH": "/usr/bin", "REPOSITORIES_DIR": "elsewhere", **base},
+        now=NOW,
+        deadline=NOW + timedelta(minutes=5),
+        timeout_minutes=5,
+        session_dir=tmp_path / "sessions",
+        workspace=tmp_path / "ws",
+        result_file=tmp_path / "r.json",
+        repositories_dir=tmp_path / "repositories",
+    )
+    assert env.get("REPOSITORY_HOST") == host
+    expected = str(tmp_path / "repositories") if host == "local" else "elsewhere"
+    assert env["REPOSITORIES_DIR"] == expected
 
 
 def _settings() -> JobSettings:

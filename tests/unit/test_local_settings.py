@@ -11,7 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from peerbot.local.settings import TOKENS
+import pytest
+
+from peerbot.local.settings import LOCAL_REPOSITORIES_NOTE, TOKENS, LocalSetupError, load_config
 
 ALL_TOKENS = {
     "SLACK_BOT_TOKEN": "xoxb-1-2-abc",
@@ -87,3 +89,34 @@ def test_a_malformed_setting_is_named_with_its_fix_and_the_environment_wins_over
     assert sum(line.startswith("  - SESSION_TIMEOUT_MINUTES") for line in problems) == 1
     assert "xoxb-not-an-app-token" not in done.stderr  # a value is never printed
     assert "`peerbot demo`" in done.stderr
+
+
+def test_without_a_github_token_workers_keep_repositories_in_local_git(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("GITHUB_TOKEN", "REPOSITORY_HOST", "REPOSITORIES_DIR", "PEERBOT_LOCAL_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in ALL_TOKENS.items():
+        if name != "GITHUB_TOKEN":
+            monkeypatch.setenv(name, value)
+    monkeypatch.setenv("PEERBOT_LOCAL_DIR", str(tmp_path / "local"))
+    assert "GITHUB_TOKEN" not in TOKENS  # not required
+    config = load_config(tmp_path / ".env")
+    assert config.worker.repository_host == "local"
+    assert config.worker.repositories_dir == tmp_path / "local" / "repositories"
+
+    # When it cannot start for another reason, it says where repositories would be and how to use GitHub.
+    monkeypatch.setenv("MAX_CONCURRENT_JOBS", "-1")
+    with pytest.raises(LocalSetupError) as refused:
+        load_config(tmp_path / ".env")
+    assert LOCAL_REPOSITORIES_NOTE in str(refused.value)
+    assert "https://github.com/settings/tokens" in str(refused.value)
+
+    # Choosing GitHub without a token is a missing token, with both ways out.
+    monkeypatch.setenv("MAX_CONCURRENT_JOBS", "1")
+    monkeypatch.setenv("REPOSITORY_HOST", "github")
+    with pytest.raises(LocalSetupError) as missing:
+        load_config(tmp_path / ".env")
+    assert "  - GITHUB_TOKEN is missing: set GITHUB_TOKEN to a token" in str(missing.value)
+    assert "or set REPOSITORY_HOST=local" in str(missing.value)
+    assert LOCAL_REPOSITORIES_NOTE not in str(missing.value)
