@@ -35,11 +35,11 @@ from peerbot.conversation import Phase
 from peerbot.kube import POD_NAMESPACE_FILE, api_client, current_namespace
 from peerbot.logs import get_logger
 from peerbot.operator.jobs import MANAGED_BY, JobSettings, job_view
-from peerbot.operator.pool import WarmPool, index_source, warm_launcher
+from peerbot.operator.pool import WarmPool, index_jobs, index_source, warm_launcher
 from peerbot.operator.reconcile import Reconciler, planner_settings
 from peerbot.operator.telemetry import Observability
 from peerbot.operator.warm import warm_job_view
-from peerbot.planner import ClusterView, JobView
+from peerbot.planner import ClusterView, JobView, Plan
 from peerbot.settings import OperatorSettings, load_settings
 
 log = get_logger(__name__)
@@ -57,6 +57,9 @@ JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
 #: Conversations the resync loop reconciles at the same time: enough to get through a thousand active
 #: ones well inside the 15-second interval, few enough not to flood the API server with GETs.
 RESYNC_CONCURRENCY: Final = 16
+#: The API client's read buffer, as kubernetes_asyncio sets it (a Conversation with its history of
+#: annotations, or a watch event of a large object, can exceed aiohttp's 64 KiB default).
+API_READ_BUFFER_BYTES: Final = 2**21
 #: The kopf indexes below, by the keyword name kopf passes them under.
 INDEXES: Final = (
     "worker_jobs",
@@ -105,6 +108,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
     token = config.metrics_auth_token.get_secret_value() if config.metrics_auth_token else None
     observability = memo.observability = Observability(token, maintenance=config.peerbot_maintenance)
     api = await api_client()
+    _without_environment_lookups(api)
     slack = AsyncWebClient(
         session=aiohttp.ClientSession(),  # one connection pool, not a new session per call
         token=config.slack_bot_token.get_secret_value(),
@@ -129,7 +133,12 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
     memo.closed = False
     # With the warm pool on, a turn claims an idle pod when there is one, else it gets a Job as always.
     launcher, memo.pool = warm_launcher(
-        api, job_settings, config, index_source(kwargs["pool_pods"]), observability.metrics.registry
+        api,
+        job_settings,
+        config,
+        index_source(kwargs["pool_pods"]),
+        observability.metrics.registry,
+        jobs=index_jobs(kwargs["worker_jobs"]),
     )
     memo.reconciler = Reconciler(
         api=api,
@@ -152,10 +161,30 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
         log.warning("maintenance is on: no new turns start until PEERBOT_MAINTENANCE is switched off")
     # Indexes are passed to startup handlers too (live objects kopf keeps filling); the loop keeps them.
     indexes = {name: kwargs[name] for name in INDEXES}
+    memo.rechecks = {}
+    memo.recheck_wake = asyncio.Event()
     memo.resync = asyncio.create_task(_resync_loop(memo, indexes), name="peerbot resync")
     if memo.pool is not None:
         await memo.pool.start()
     log.info("operator started", namespace=namespace, image=config.worker_image)
+
+
+def _without_environment_lookups(api: Any) -> None:
+    """Give the API client a session that does not consult the environment on every request.
+
+    kubernetes_asyncio opens its aiohttp session with ``trust_env=True``, so aiohttp looks up ``~/.netrc``
+    and the proxy variables in a worker thread for *each* request: two thread hops per API call, a third
+    of the operator's CPU under a burst of Conversations. The API server is reached directly (in a pod) or
+    through the kubeconfig's ``proxy-url``, which the client passes explicitly, so nothing is lost; only
+    ``HTTPS_PROXY`` for the API server is no longer honoured.
+    """
+    rest = api.rest_client
+    old: aiohttp.ClientSession = rest.pool_manager
+    connector = old.connector
+    old.detach()  # the session is done with; its connection pool carries over
+    rest.pool_manager = aiohttp.ClientSession(
+        connector=connector, trust_env=False, read_bufsize=API_READ_BUFFER_BYTES
+    )
 
 
 @kopf.on.cleanup(registry=REGISTRY)
@@ -182,6 +211,10 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 
 # --- Indexes: what kopf keeps in memory for us -----------------------------------------------------------
+#
+# Indexers are coroutines on purpose: kopf runs a plain ``def`` handler in a thread pool, and every event of
+# every object passes through each indexer, so thread hops (and the GIL's switch interval) would add
+# milliseconds to each event of a burst.
 
 
 def _snapshot(body: kopf.Body) -> dict[str, Any]:
@@ -189,14 +222,14 @@ def _snapshot(body: kopf.Body) -> dict[str, Any]:
 
 
 @kopf.index("batch", "v1", "jobs", labels=WORKERS, registry=REGISTRY)
-def worker_jobs(body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, Any]] | None:
+async def worker_jobs(body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, Any]] | None:
     """Worker Jobs by Conversation name."""
     conversation = labels.get(constants.LABEL_CONVERSATION)
     return {conversation: _snapshot(body)} if conversation else None
 
 
 @kopf.index("", "v1", "pods", labels=WORKERS, registry=REGISTRY)
-def worker_pods(body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, Any]] | None:
+async def worker_pods(body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, Any]] | None:
     """Worker pods by Job name (from the owner reference the Job controller sets, else its labels)."""
     for owner in body.metadata.get("ownerReferences") or []:
         if owner.get("kind") == "Job" and owner.get("name"):
@@ -208,32 +241,32 @@ def worker_pods(body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[str, dic
 
 
 @kopf.index("", "v1", "pods", labels={claim.LABEL_POOL: claim.POOL_CLAIMED}, registry=REGISTRY)
-def warm_turns(body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, Any]] | None:
+async def warm_turns(body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, Any]] | None:
     """Claimed warm-pool pods by Conversation: a warm turn's worker, read like a Job's pod."""
     conversation = labels.get(constants.LABEL_CONVERSATION)
     return {conversation: _snapshot(body)} if conversation else None
 
 
 @kopf.index("", "v1", "pods", labels=POOL_PODS, registry=REGISTRY)
-def pool_pods(name: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+async def pool_pods(name: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
     """Every warm-pool pod by name: what the pool manager reads instead of listing pods."""
     return {name: _snapshot(body)}
 
 
 @kopf.index(*CONVERSATIONS, registry=REGISTRY)
-def conversations_by_activity(name: str, status: kopf.Status, **_: Any) -> dict[str, str]:
+async def conversations_by_activity(name: str, status: kopf.Status, **_: Any) -> dict[str, str]:
     """Conversation names under ``active`` (pending, queued, running) or ``idle``: what the resync reads."""
     return {"active" if status.get("phase") in ACTIVE_PHASES else "idle": name}
 
 
 @kopf.index(*CONVERSATIONS, registry=REGISTRY)
-def conversations_by_phase(name: str, status: kopf.Status, **_: Any) -> dict[str, str]:
+async def conversations_by_phase(name: str, status: kopf.Status, **_: Any) -> dict[str, str]:
     """Conversation names by phase: the operator's ``conversations{phase}`` gauge counts them."""
     return {str(status.get("phase") or Phase.PENDING.value): name}
 
 
 @kopf.index(*CONVERSATIONS, registry=REGISTRY)
-def queued_conversations(
+async def queued_conversations(
     name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
 ) -> dict[str, tuple[str, str]] | None:
     """Conversations waiting for capacity, with the message they wait to answer (for their order)."""
@@ -271,17 +304,17 @@ def _cluster(
     return ClusterView(running_jobs=running, queue=queue)
 
 
-async def _reconcile(memo: kopf.Memo, name: str, indexes: dict[str, Any]) -> None:
+async def _reconcile(memo: kopf.Memo, name: str, indexes: dict[str, Any]) -> Plan:
     """Reconcile one Conversation with the views kopf's indexes (passed to every handler) give."""
     if memo.get("closed"):
-        return
+        return Plan()
     jobs, pods, queued = indexes["worker_jobs"], indexes["worker_pods"], indexes["queued_conversations"]
     warm = indexes["warm_turns"]
     views = _jobs_of(name, jobs, pods) + [
         view for view in (warm_job_view(pod) for pod in warm.get(name, [])) if view is not None
     ]
     reconciler: Reconciler = memo.reconciler
-    await reconciler.reconcile(name, views, _cluster(memo, jobs, queued, warm))
+    return await reconciler.reconcile(name, views, _cluster(memo, jobs, queued, warm))
 
 
 # --- Handlers ------------------------------------------------------------------------------------------
@@ -292,7 +325,7 @@ async def _reconcile(memo: kopf.Memo, name: str, indexes: dict[str, Any]) -> Non
 @kopf.on.update(*CONVERSATIONS, registry=REGISTRY)
 async def conversation_changed(name: str, memo: kopf.Memo, **kwargs: Any) -> None:
     """A new thread, a follow-up, a cancel, or an operator restart."""
-    await _reconcile(memo, name, kwargs)
+    _recheck_later(memo, name, await _reconcile(memo, name, kwargs))
 
 
 async def _resync_once(memo: kopf.Memo, names: list[str], indexes: Mapping[str, Any]) -> None:
@@ -304,7 +337,7 @@ async def _resync_once(memo: kopf.Memo, names: list[str], indexes: Mapping[str, 
             if memo.get("closed"):
                 return
             try:
-                await _reconcile(memo, name, dict(indexes))
+                _recheck_later(memo, name, await _reconcile(memo, name, dict(indexes)))
             except (kopf.TemporaryError, kopf.PermanentError) as error:
                 log.warning("resync deferred", conversation=name, error=str(error))
             except Exception:  # one Conversation's trouble must not stop the loop
@@ -316,19 +349,44 @@ async def _resync_once(memo: kopf.Memo, names: list[str], indexes: Mapping[str, 
 async def _resync_loop(memo: kopf.Memo, indexes: Mapping[str, Any]) -> None:
     """The floor under the events: active Conversations are re-planned every
     ``RECONCILE_INTERVAL_SECONDS`` (a missed watch event, the capacity queue moving along), idle ones every
-    ``IDLE_SWEEP_INTERVAL_SECONDS`` so the retention applies without any event. The resume handlers already
-    look at every Conversation at start, so the first round waits one interval. Cancelled by cleanup.
+    ``IDLE_SWEEP_INTERVAL_SECONDS`` so the retention applies without any event, and any Conversation whose
+    plan asked to be looked at again after a grace period (:func:`_recheck_later`) when that is due. The
+    resume handlers already look at every Conversation at start, so the first round waits one interval.
+    Cancelled by cleanup.
     """
     loop = asyncio.get_running_loop()
+    rechecks: dict[str, float] = memo.rechecks
+    wake: asyncio.Event = memo.recheck_wake
+    next_round = loop.time() + constants.RECONCILE_INTERVAL_SECONDS
     next_idle_sweep = loop.time() + constants.IDLE_SWEEP_INTERVAL_SECONDS
     while not memo.get("closed"):
-        await asyncio.sleep(constants.RECONCILE_INTERVAL_SECONDS)  # a schedule, not synchronisation
-        by_activity = indexes["conversations_by_activity"]
-        names = list(by_activity.get("active", []))
-        if loop.time() >= next_idle_sweep:
-            names += list(by_activity.get("idle", []))
-            next_idle_sweep = loop.time() + constants.IDLE_SWEEP_INTERVAL_SECONDS
-        await _resync_once(memo, names, indexes)
+        due = min([next_round, *rechecks.values()])
+        wake.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, due - loop.time())):
+                await wake.wait()  # a new recheck may be due sooner than what we were waiting for
+        now = loop.time()
+        names = [name for name, at in rechecks.items() if at <= now]
+        for name in names:
+            del rechecks[name]
+        if now >= next_round:
+            by_activity = indexes["conversations_by_activity"]
+            names += list(by_activity.get("active", []))
+            next_round = now + constants.RECONCILE_INTERVAL_SECONDS
+            if now >= next_idle_sweep:
+                names += list(by_activity.get("idle", []))
+                next_idle_sweep = now + constants.IDLE_SWEEP_INTERVAL_SECONDS
+        if names:
+            await _resync_once(memo, list(dict.fromkeys(names)), indexes)
+
+
+def _recheck_later(memo: kopf.Memo, name: str, result: Plan) -> None:
+    """Have the resync loop plan ``name`` again when the grace period its plan is waiting out ends."""
+    if result.recheck_after is None or "rechecks" not in memo:
+        return
+    at = asyncio.get_running_loop().time() + result.recheck_after.total_seconds()
+    memo.rechecks[name] = min(memo.rechecks.get(name, at), at)
+    memo.recheck_wake.set()
 
 
 async def _after_worker_event(labels: kopf.Labels, memo: kopf.Memo, indexes: dict[str, Any]) -> None:
@@ -336,7 +394,7 @@ async def _after_worker_event(labels: kopf.Labels, memo: kopf.Memo, indexes: dic
     if not conversation or "reconciler" not in memo:
         return
     try:
-        await _reconcile(memo, conversation, indexes)
+        _recheck_later(memo, conversation, await _reconcile(memo, conversation, indexes))
         # A finished Job frees capacity: let the head of the queue start without waiting for its timer.
         queue = sorted(indexes["queued_conversations"].get("queued", []))
         if queue:

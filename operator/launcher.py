@@ -49,9 +49,12 @@ class JobLauncher:
     async def start(self, request: TurnRequest, owner_uid: str, now: datetime) -> Launch | None:
         manifest = build_worker_job(request, self._settings, owner_uid, now)
         try:
-            await self._batch.create_namespaced_job(
-                namespace=self._settings.namespace, body=cast(Any, manifest)
+            # The created Job is not needed back: reading the raw answer skips the generated client's
+            # deserialisation into model objects, which costs more than the request under a burst.
+            response: Any = await self._batch.create_namespaced_job(
+                namespace=self._settings.namespace, body=cast(Any, manifest), _preload_content=False
             )
+            await response.read()
         except ApiException as error:
             if error.status == 409:  # the same turn's Job exists: created before a restart
                 log.info("job already exists", job=request.job_name, conversation=request.conversation)

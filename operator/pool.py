@@ -21,7 +21,7 @@ import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -105,6 +105,12 @@ class PoolMetrics:
         self.recycled = Counter(
             f"{PREFIX}_recycled", "Pool pods removed, by reason.", ["reason"], registry=registry
         )
+        self.errors = Counter(
+            f"{PREFIX}_errors",
+            "The pool's failures to act, by kind (create_403...).",
+            ["kind"],
+            registry=registry,
+        )
         for reason in FALLBACK_REASONS:
             self.fallbacks.labels(reason=reason)
         for state in POD_STATES:
@@ -147,6 +153,19 @@ class ClaimOutcome:
 
 
 PodSource = Callable[[], Iterable[dict[str, Any]]]
+#: (conversation, Job name) -> whether that Job exists.
+JobLookup = Callable[[str, str], bool]
+
+
+def index_jobs(index: Any) -> JobLookup:
+    """Whether a Job exists, from kopf's ``worker_jobs`` index (Conversation name -> its Jobs' snapshots)."""
+
+    def exists(conversation: str, job: str) -> bool:
+        return any(
+            (snapshot.get("metadata") or {}).get("name") == job for snapshot in index.get(conversation, [])
+        )
+
+    return exists
 
 
 def index_source(index: Any) -> PodSource:
@@ -170,6 +189,8 @@ class WarmPool:
         metrics: where to count (the operator's registry).
         finished_ttl: claimed pods are deleted this long after their turn ended (``JOB_TTL_SECONDS``).
         tokens: the claim tokens (a fresh book by default; tests share one between two pools).
+        jobs: whether a Conversation has a Job of a given name, from the operator's in-memory index (without
+            it, every claim asks the API).
     """
 
     def __init__(
@@ -182,6 +203,7 @@ class WarmPool:
         *,
         finished_ttl: timedelta = timedelta(hours=1),
         tokens: TokenBook | None = None,
+        jobs: JobLookup | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.job_settings = job_settings
@@ -190,6 +212,7 @@ class WarmPool:
         self.tokens = tokens if tokens is not None else TokenBook()
         self.finished_ttl = finished_ttl
         self._pods = pods
+        self._jobs = jobs
         self._clock = clock
         # The generated client's stubs know neither plain-dict bodies nor _preload_content: used untyped.
         self._core: Any = client.CoreV1Api(api)
@@ -199,6 +222,7 @@ class WarmPool:
         self._seen: set[str] = set()
         self._taken: set[str] = set()  # claimed or being claimed by this process
         self._claims: dict[str, str] = {}  # turn (job name) -> pod, for claims made by this process
+        self._view_cache: dict[str, tuple[str, PoolPod]] = {}
         self._backoff_until: datetime | None = None
         self._backoff = BACKOFF_FIRST
         self._wake = asyncio.Event()
@@ -280,14 +304,17 @@ class WarmPool:
                 self._seen.add(name)
                 del self._created[name]
         for name in list(self._seen):
-            if name not in objects:  # gone from the cluster: forget it
+            if name not in objects:  # a pod we created is gone from the cluster: its token goes too
                 self._seen.discard(name)
-                self._taken.discard(name)
                 self.tokens.forget(name)
-                for job, pod in list(self._claims.items()):
-                    if pod == name:
-                        del self._claims[job]
-        views = [pool_pod(pod, name in self.tokens, now) for name, pod in objects.items()]
+        for name in [*self._taken, *self._view_cache]:
+            if name not in objects:
+                self._taken.discard(name)
+                self._view_cache.pop(name, None)
+        for job, pod in list(self._claims.items()):
+            if pod not in objects and pod not in self._created:
+                del self._claims[job]
+        views = [self._view(name, pod, now) for name, pod in objects.items()]
         for name, created in list(self._created.items()):
             if now - created > INDEX_GRACE:  # never showed up: it does not exist
                 del self._created[name]
@@ -298,6 +325,17 @@ class WarmPool:
             view if view.name not in self._taken or view.pool != claim.POOL_IDLE else _as_claimed(view)
             for view in views
         ]
+
+    def _view(self, name: str, pod: dict[str, Any], now: datetime) -> PoolPod:
+        """``pool_pod``, remembered per resourceVersion (a claim reads every pool pod; most never change)."""
+        known = name in self.tokens
+        version = str((pod.get("metadata") or {}).get("resourceVersion", ""))
+        cached = self._view_cache.get(name)
+        if cached is not None and version and cached[0] == version and cached[1].known == known:
+            return cached[1]
+        view = pool_pod(pod, known, now)
+        self._view_cache[name] = (version, view)
+        return view
 
     def claimable(self) -> list[tuple[PoolPod, dict[str, Any]]]:
         """Idle pods a turn may claim now, oldest first (closest to being recycled)."""
@@ -349,7 +387,18 @@ class WarmPool:
 
             async def create() -> None:
                 async with limit:
-                    await self._create()
+                    try:
+                        await self._create()
+                    except ApiException as error:  # refused (RBAC, quota, admission): back off, say why
+                        self._backoff_until = self._clock() + self._backoff
+                        self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+                        self.metrics.errors.labels(kind=f"create_{error.status}").inc()
+                        log.error(
+                            "could not create a warm pool pod: check the operator's Role (pods: create) "
+                            "and the namespace's quota; turns start as Jobs meanwhile",
+                            status=error.status,
+                            reason=error.reason,
+                        )
 
             await asyncio.gather(
                 *(create() for _ in range(plan.create)),
@@ -415,14 +464,44 @@ class WarmPool:
     # --- claims -------------------------------------------------------------------------------------------
 
     async def claim(self, request: TurnRequest, owner_uid: str, now: datetime) -> ClaimOutcome:
-        """Claim an idle pod for ``request`` and hand it the turn (see ``docs/warm-workers.md``)."""
+        """Claim an idle pod for ``request`` and hand it the turn (see ``docs/warm-workers.md``).
+
+        Whether the turn already has a Job (it started cold, and recording that failed) is read from the
+        operator's index of Jobs when the pool has one (``jobs``), else asked of the API at the same time as
+        the claim; in the rare case it has, the claimed pod is given up and the turn is left to the Job.
+        """
         started = time.perf_counter()
-        if self.claimed_pod(request.job_name) is not None or await self._job_exists(request.job_name):
+        if self.claimed_pod(request.job_name) is not None:
             return ClaimOutcome(already_started=True)
-        self.demand.record(now)
+        has_job: asyncio.Future[bool]
+        if self._jobs is not None:
+            has_job = asyncio.get_running_loop().create_future()
+            has_job.set_result(self._jobs(request.conversation, request.job_name))
+        else:
+            has_job = asyncio.ensure_future(self._job_exists(request.job_name))
+        try:
+            return await self._claim(request, owner_uid, now, started, has_job)
+        finally:
+            if not has_job.done():
+                has_job.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ApiException):
+                    await has_job
+
+    async def _claim(
+        self,
+        request: TurnRequest,
+        owner_uid: str,
+        now: datetime,
+        started: float,
+        has_job: asyncio.Future[bool],
+    ) -> ClaimOutcome:
         candidates = self.claimable()
         if not candidates:
-            return self._fallback("empty", started)
+            if await has_job:
+                return ClaimOutcome(already_started=True)
+            self.demand.record(now)
+            return await self._fall_back("empty", request, started)
+        self.demand.record(now)
         for view, pod in candidates[:MAX_CLAIM_ATTEMPTS]:
             if view.name in self._taken:  # another turn of this operator took it while we awaited
                 continue
@@ -446,6 +525,9 @@ class WarmPool:
             self._claims[request.job_name] = view.name
             token = self.tokens.forget(view.name)  # single use
             self.wake()  # refill
+            if await has_job:  # started cold before: this pod must not run it too
+                await self._undo(view.name, request)
+                return ClaimOutcome(already_started=True)
             if token is not None and await self._hand_off(view, token, request, owner_uid, now):
                 seconds = time.perf_counter() - started
                 self.metrics.claims.inc()
@@ -459,10 +541,18 @@ class WarmPool:
                 )
                 return ClaimOutcome(pod=view.name, seconds=seconds)
             await self._undo(view.name, request)
-            return self._fallback("handoff", started)
-        return self._fallback("contended", started)
+            return await self._fall_back("handoff", request, started)
+        if await has_job:
+            return ClaimOutcome(already_started=True)
+        return await self._fall_back("contended", request, started)
 
-    def _fallback(self, reason: str, started: float) -> ClaimOutcome:
+    async def _fall_back(self, reason: str, request: TurnRequest, started: float) -> ClaimOutcome:
+        """No warm pod for this turn: it becomes a Job, unless a pool pod already serves it (asked of the API
+        itself, not a cache: a Job started next to a warm worker would run the turn twice)."""
+        if await read_warm_turn(
+            self._core, self.job_settings.namespace, request.conversation, request.job_name
+        ):
+            return ClaimOutcome(already_started=True)
         self.metrics.fallbacks.labels(reason=reason).inc()
         self.wake()
         return ClaimOutcome(fallback=reason, seconds=time.perf_counter() - started)
@@ -564,8 +654,6 @@ async def _raw(call: Awaitable[Any]) -> dict[str, Any]:
 
 def _as_claimed(view: PoolPod) -> PoolPod:
     """A pod this process has claimed (the index may not show it yet): no longer idle for the plan."""
-    from dataclasses import replace
-
     return replace(view, pool=claim.POOL_CLAIMED)
 
 
@@ -626,6 +714,7 @@ def warm_launcher(
     config: OperatorSettings,
     pods: PodSource,
     registry: CollectorRegistry | None = None,
+    jobs: JobLookup | None = None,
 ) -> tuple[TurnLauncher, WarmPool | None]:
     """The operator's launcher: a :class:`WarmLauncher` and its pool when the pool is on, else Jobs only."""
     cold = JobLauncher(api, job_settings)
@@ -639,5 +728,6 @@ def warm_launcher(
         pods,
         PoolMetrics(registry),
         finished_ttl=timedelta(seconds=config.job_ttl_seconds),
+        jobs=jobs,
     )
     return WarmLauncher(pool, cold), pool

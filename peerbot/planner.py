@@ -223,9 +223,12 @@ Action = StartTurn | DeleteJob | PatchStatus | Notify | RecordEvent | DeleteConv
 
 @dataclass
 class Plan:
-    """The actions, in the order to apply them."""
+    """The actions, in the order to apply them, and when to look again if the planner is waiting."""
 
     actions: list[Action] = field(default_factory=list)
+    #: Set when nothing is done *yet* for a reason that expires by itself (a grace period): the caller
+    #: should plan this Conversation again after this long even if nothing else happens.
+    recheck_after: timedelta | None = None
 
     def __bool__(self) -> bool:
         return bool(self.actions)
@@ -314,7 +317,7 @@ def plan(
         if latest.finished and not recorded:
             waited = now - latest.finished_at if latest.finished_at else POD_SETTLE_GRACE
             if not latest.pods_settled and waited < POD_SETTLE_GRACE:
-                return Plan()
+                return Plan(recheck_after=POD_SETTLE_GRACE - waited)
             return Plan(_record_outcome(conversation, latest, now, settings))
         # 5. A Job that can never start.
         if latest.running:
@@ -347,11 +350,12 @@ def plan(
     if ts_value(spec.requested_ts) > newest_handled:
         if settings.maintenance:
             return Plan(_hold_for_maintenance(conversation, now))
-        if _awaiting_status_message(spec, now):
+        waiting = _awaiting_status_message(spec, now)
+        if waiting is not None:
             # The dispatcher posts the request's status message right after recording it; a worker
             # started before that would edit the previous turn's message. The status message's own
             # patch re-plans this at once; after the grace the turn starts anyway (the worker posts one).
-            return Plan()
+            return Plan(recheck_after=waiting)
         return Plan(_start_or_queue(conversation, latest, now, settings, cluster))
 
     # 8. Retention.
@@ -367,12 +371,13 @@ def plan(
     return Plan()
 
 
-def _awaiting_status_message(spec: ConversationSpec, now: datetime) -> bool:
-    """The newest request's status message is not recorded yet, and the request is only moments old."""
+def _awaiting_status_message(spec: ConversationSpec, now: datetime) -> timedelta | None:
+    """How much longer to wait for the newest request's status message; ``None``: do not wait."""
     if ts_value(spec.status_message_ts) >= ts_value(spec.requested_ts):
-        return False
+        return None
     requested_at = datetime.fromtimestamp(float(ts_value(spec.requested_ts)), tz=UTC)
-    return now - requested_at < STATUS_MESSAGE_GRACE
+    remaining = STATUS_MESSAGE_GRACE - (now - requested_at)
+    return remaining if remaining > timedelta(0) else None
 
 
 def _running_patch(job: JobView, now: datetime, turns: int) -> dict[str, Any]:

@@ -29,12 +29,13 @@ from typing import Any, Final
 
 from aiohttp import web
 from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from peerbot import claim
 from peerbot.logs import get_logger
 from peerbot.result import ExitCode
 from peerbot.settings import PeerbotSettings, SettingsError, WorkerSettings, load_settings
-from peerbot.worker.pointers import TurnPointers, load_pointers
+from peerbot.worker.pointers import TurnPointers
 
 log = get_logger(__name__)
 
@@ -94,20 +95,29 @@ class IdleSettings(PeerbotSettings):
     )
 
 
-def pointers_from_claim(values: Mapping[str, str]) -> TurnPointers:
-    """The turn's pointers from a claim's ``PEERBOT_*`` values (raises :class:`SettingsError`).
+class ClaimedPointers(TurnPointers):
+    """The turn's pointers as a claim carries them: read from the claim only, never from the environment.
 
-    Every pointer field is given explicitly (an absent one as empty), so nothing in the idle process's own
-    environment can stand in for a pointer the claim did not carry.
+    Nothing in the idle process's own environment (or a ``.env`` file) can stand in for a pointer the claim
+    did not carry, and the claim's path reads no environment at all.
     """
-    given: dict[str, Any] = {}
-    for field in _POINTER_FIELDS:
-        value = values.get(field.upper())
-        if value is not None:
-            given[field] = value
-        elif field != "peerbot_turn":
-            given[field] = ""  # optional pointers become None; required ones fail with their hint
-    return load_pointers(**given)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def pointers_from_claim(values: Mapping[str, str]) -> TurnPointers:
+    """The turn's pointers from a claim's ``PEERBOT_*`` values (raises :class:`SettingsError`)."""
+    given = {field: values[field.upper()] for field in _POINTER_FIELDS if field.upper() in values}
+    return load_settings(ClaimedPointers, **given)
 
 
 @dataclass
@@ -181,9 +191,10 @@ class IdleWorker:
         return self.url
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        """Stop listening (idempotent)."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
 
     async def serve(self) -> int:
         """Warm up, wait for one claim, run its turn; the exit code (0 when never claimed)."""

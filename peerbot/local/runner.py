@@ -286,6 +286,7 @@ class LocalRunner:
     _records: dict[str, JobRecord] = field(default_factory=dict)
     _running: dict[str, _Running] = field(default_factory=dict)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _recheck_at: datetime = field(default_factory=lambda: datetime.max.replace(tzinfo=UTC))
     _loop_task: asyncio.Task[None] | None = None
     _lock_fd: int | None = None
     _reported: set[str] = field(default_factory=set)
@@ -440,8 +441,11 @@ class LocalRunner:
                 immediate += 1
                 continue
             immediate = 0
+            # Plan again at the interval, or sooner when the planner is waiting out a grace period.
+            until_recheck = (self._recheck_at - datetime.now(UTC)).total_seconds()
+            self._recheck_at = datetime.max.replace(tzinfo=UTC)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.interval):
+                async with asyncio.timeout(max(0.05, min(self.interval, until_recheck))):
                     await self._wake.wait()
 
     async def reconcile_all(self) -> bool:
@@ -495,6 +499,8 @@ class LocalRunner:
             active = sum(1 for record in self._records.values() if record.active)
             cluster = ClusterView(running_jobs=active, queue=queue)
         result = plan(conversation, jobs, now, self.planner_settings, cluster)
+        if result.recheck_after is not None:
+            self._recheck_at = min(self._recheck_at, now + result.recheck_after)
         await self._apply(name, conversation, result)
         return bool(result)
 

@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import json
+import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -44,6 +46,7 @@ from typing import Any, Final, Self
 
 import aiohttp
 from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from peerbot import claim
 from peerbot.result import Outcome, TurnResult
@@ -162,7 +165,8 @@ class _Watch:
 class _Kubelet:
     """What both kubelets share: the client, the watch, the tasks, waiting for a condition."""
 
-    def __init__(self, kubernetes: KubernetesStandIn, namespace: str, root: Path | None) -> None:
+    def __init__(self, kubernetes: KubernetesStandIn | Path, namespace: str, root: Path | None) -> None:
+        #: The stand-in, or a kubeconfig for one (in another process, as an API server is another machine).
         self.kubernetes = kubernetes
         self.namespace = namespace
         self._root = root
@@ -177,7 +181,10 @@ class _Kubelet:
 
         folder = self._root or Path(tempfile.mkdtemp(prefix="peerbot-warm-kubelet-"))
         folder.mkdir(parents=True, exist_ok=True)
-        kubeconfig = self.kubernetes.write_kubeconfig(folder / "kubelet.kubeconfig", self.namespace)
+        if isinstance(self.kubernetes, Path):
+            kubeconfig = self.kubernetes
+        else:
+            kubeconfig = self.kubernetes.write_kubeconfig(folder / "kubelet.kubeconfig", self.namespace)
         configuration = client.Configuration()
         await config.load_kube_config(
             config_file=str(kubeconfig),
@@ -241,18 +248,35 @@ class _Kubelet:
             self._api = None
 
     async def _status(self, name: str, status: Mapping[str, Any]) -> None:
-        with contextlib.suppress(Exception):  # a pod deleted meanwhile has no status to report
-            await asyncio.to_thread(
-                self.kubernetes.patch,
-                "pods",
-                self.namespace,
-                name,
-                {"status": dict(status)},
-                subresource="status",
-            )
+        """Report a pod's status through the API, as a kubelet does (a merge patch of ``status``)."""
+        assert self._api is not None
+        core: Any = client.CoreV1Api(self._api)
+        response = await core.patch_namespaced_pod_status(
+            name,
+            self.namespace,
+            {"status": dict(status)},
+            _content_type="application/merge-patch+json",
+            _preload_content=False,  # a kubelet has no use for the pod it gets back
+        )
+        response.release()
+        if response.status == 404:  # deleted meanwhile: no status to report
+            return
+        if response.status >= 300:
+            raise ApiException(status=response.status, reason=response.reason)
 
 
-def _running_status(address: str, started: str, image: str | None) -> dict[str, Any]:
+def _container_identity(image: str, container_id: str) -> dict[str, Any]:
+    """What a kubelet reports of the container it runs (the real clients require these fields)."""
+    digest = hashlib.sha256(image.encode()).hexdigest()
+    return {
+        "name": "worker",
+        "image": image,
+        "imageID": f"{image}@sha256:{digest}",
+        "containerID": container_id,
+    }
+
+
+def _running_status(address: str, started: str, image: str, container_id: str) -> dict[str, Any]:
     return {
         "phase": "Running",
         "hostIP": "10.0.0.1",
@@ -271,8 +295,7 @@ def _running_status(address: str, started: str, image: str | None) -> dict[str, 
         ],
         "containerStatuses": [
             {
-                "name": "worker",
-                "image": image,
+                **_container_identity(image, container_id),
                 "ready": True,
                 "started": True,
                 "restartCount": 0,
@@ -282,8 +305,11 @@ def _running_status(address: str, started: str, image: str | None) -> dict[str, 
     }
 
 
-def _terminated_status(code: int, message: str | None, started: str, finished: str) -> dict[str, Any]:
+def _terminated_status(
+    code: int, message: str | None, started: str, finished: str, image: str, container_id: str
+) -> dict[str, Any]:
     terminated: dict[str, Any] = {
+        "containerID": container_id,
         "exitCode": code,
         "reason": "Completed" if code == 0 else "Error",
         "startedAt": started,
@@ -304,7 +330,7 @@ def _terminated_status(code: int, message: str | None, started: str, finished: s
         ],
         "containerStatuses": [
             {
-                "name": "worker",
+                **_container_identity(image, container_id),
                 "ready": False,
                 "started": False,
                 "restartCount": 0,
@@ -318,7 +344,7 @@ class IdlePodKubelet(_Kubelet):
     """Runs the warm pool's idle pods as in-process idle workers (see the module docstring).
 
     Args:
-        kubernetes: a started stand-in.
+        kubernetes: a started stand-in, or a kubeconfig for one.
         port: the pool's claim port (``WORKER_POOL_PORT``); every pod listens on it at its own address.
         start_delay: seconds from a pod's creation to its container starting (the pod start it stands for).
         turn: what a claimed turn does.
@@ -328,7 +354,7 @@ class IdlePodKubelet(_Kubelet):
 
     def __init__(
         self,
-        kubernetes: KubernetesStandIn,
+        kubernetes: KubernetesStandIn | Path,
         *,
         port: int,
         start_delay: float = 0.0,
@@ -443,6 +469,8 @@ class IdlePodKubelet(_Kubelet):
         )
         self._workers[name] = worker
         started = rfc3339(_utcnow())
+        image = str(pod["spec"]["containers"][0].get("image", ""))
+        container_id = f"containerd://{secrets.token_hex(32)}"
         try:
             await worker.start()
             serving = asyncio.create_task(worker.serve(), name=f"idle-worker:{name}")
@@ -454,21 +482,21 @@ class IdlePodKubelet(_Kubelet):
                 async with self._http.get(f"{worker.url}{claim.READY_PATH}") as probe:  # the readiness probe
                     probe.raise_for_status()
                 record["run"] = PoolPodRun(pod=name, address=address, ready_at=time.perf_counter())
-                self.runs[name] = record["run"]
-                image = pod["spec"]["containers"][0].get("image")
-                await self._status(name, _running_status(address, started, image))
+                await self._status(name, _running_status(address, started, image, container_id))
+                self.runs[name] = record["run"]  # ready once the API server says so, as for the operator
                 await self._notify()
             code = await serving
         finally:
             self._workers.pop(name, None)
             await worker.stop()
         run = self.runs.get(name)
-        if run is not None:
+        message = run.termination_message if run is not None else None
+        finished = rfc3339(_utcnow())
+        await self._status(name, _terminated_status(code, message, started, finished, image, container_id))
+        if run is not None:  # finished once the API server says so
             run.exit_code = code
             run.refused = dict(worker.refused)
             run.finished = True
-        message = run.termination_message if run is not None else None
-        await self._status(name, _terminated_status(code, message, started, rfc3339(_utcnow())))
 
 
 class ScriptedJobKubelet(_Kubelet):
@@ -485,6 +513,7 @@ class ScriptedJobKubelet(_Kubelet):
         root: Path | None = None,
     ) -> None:
         super().__init__(kubernetes, namespace, root)
+        self.standin = kubernetes  # plays the Job controller, so it needs the stand-in itself
         self.start_delay = start_delay
         self.turn = turn
         self.started: dict[str, float] = {}
@@ -533,7 +562,7 @@ class ScriptedJobKubelet(_Kubelet):
 
     async def _run_job(self, name: str, job: dict[str, Any]) -> None:
         await asyncio.sleep(self.start_delay)  # the pod start being stood in for, not synchronisation
-        pod = await asyncio.to_thread(self.kubernetes.start_job, self.namespace, name)
+        pod = await asyncio.to_thread(self.standin.start_job, self.namespace, name)
         env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"] if "value" in e}
         from peerbot.worker.idle import pointers_from_claim
 
@@ -541,7 +570,7 @@ class ScriptedJobKubelet(_Kubelet):
         self.started[name] = time.perf_counter()
         code, message = await self.turn(pointers)
         await asyncio.to_thread(
-            self.kubernetes.finish_job,
+            self.standin.finish_job,
             self.namespace,
             name,
             succeeded=code == 0,
@@ -553,3 +582,60 @@ class ScriptedJobKubelet(_Kubelet):
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class ObjectCache:
+    """Pods or Jobs with a label, kept in memory from a list and a watch, as kopf's indexes keep them for the
+    operator: what a :class:`~peerbot.operator.pool.WarmPool` reads (``pods``, and ``jobs`` through
+    :meth:`has_job`) without an API call, when it runs outside the operator (the benchmark)."""
+
+    def __init__(
+        self,
+        kubernetes: KubernetesStandIn | Path,
+        *,
+        resource: str = "pods",
+        selector: str = claim.LABEL_POOL,
+        namespace: str = "default",
+    ):
+        if resource not in ("pods", "jobs"):
+            raise ValueError(f"ObjectCache keeps pods or jobs, not {resource}")
+        self._helper = _Kubelet(kubernetes, namespace, None)
+        self._resource = resource
+        self._selector = selector
+        self.objects: dict[str, dict[str, Any]] = {}
+
+    def __call__(self) -> list[dict[str, Any]]:
+        return list(self.objects.values())
+
+    def has_job(self, conversation: str, name: str) -> bool:
+        """A :data:`~peerbot.operator.pool.JobLookup` over the cached Jobs."""
+        return name in self.objects
+
+    def _consider(self, kind: str, obj: dict[str, Any]) -> None:
+        name = str((obj.get("metadata") or {}).get("name", ""))
+        if kind == "DELETED":
+            self.objects.pop(name, None)
+        else:
+            self.objects[name] = obj
+        self._helper._spawn(self._helper._notify(), f"cache:{name}")
+
+    async def wait_for(self, predicate: Callable[[], Any], timeout: float = 10.0, what: str = "it") -> Any:  # noqa: ASYNC109
+        """Wait until ``predicate()`` holds, re-checked whenever a cached object changes."""
+        return await self._helper._wait(predicate, timeout, what)
+
+    async def __aenter__(self) -> Self:
+        api = await self._helper._connect()
+        listing: Any = (
+            client.CoreV1Api(api).list_namespaced_pod
+            if self._resource == "pods"
+            else client.BatchV1Api(api).list_namespaced_job
+        )
+        await self._helper._start_watch(
+            _Watch(listing, self._helper.namespace, self._selector, self._consider)
+        )
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._helper._stop_tasks()

@@ -13,8 +13,11 @@ from typing import Any, TypeVar
 import kubernetes_validate
 import pytest
 
+from peerbot.claim import token_digest
 from peerbot.conversation import ConversationSpec
 from peerbot.operator.jobs import WORKER_SECRET_KEYS, WORKER_UID, JobSettings, build_worker_job, job_labels
+from peerbot.operator.pool import pool_settings
+from peerbot.operator.warm import build_idle_pod
 from peerbot.planner import TurnRequest
 from peerbot.settings import (
     DispatcherSettings,
@@ -31,6 +34,7 @@ from tests.chart.rendering import (
     config_map_env,
     container_env_names,
     render,
+    render_text,
 )
 
 #: Kubernetes minor versions GKE offers (regular and rapid channels); kubernetes-validate ships their schemas.
@@ -58,6 +62,9 @@ EVERYTHING_ON = {
     "dispatcher.redis.enabled": "true",
     "secrets.redisUrl": "redis://redis.peerbot.svc:6379/0",
     "worker.extraConfig.MAX_TOOL_CALLS_PER_TURN": "40",
+    "worker.pool.size": "2",
+    "worker.pool.min": "1",
+    "worker.pool.max": "5",
 }
 VALUE_SETS: dict[str, tuple[list[str], dict[str, str]]] = {
     "default": ([], {}),
@@ -208,6 +215,12 @@ OPERATOR_RULES = {
     ("", "pods", "watch"),
     ("", "events", "create"),
 }
+#: With the warm pool on (worker.pool.size > 0) the operator also creates, claims and removes idle pods.
+POOL_RULES = {("", "pods", "create"), ("", "pods", "patch"), ("", "pods", "delete")}
+
+
+def _pool_on(r: Rendered) -> bool:
+    return int(r.component("ConfigMap", "operator")["data"].get("WORKER_POOL_SIZE", "0")) > 0
 
 
 def test_no_cluster_wide_permissions(each):
@@ -255,10 +268,11 @@ def test_dispatcher_may_only_get_create_patch_conversations(each):
 
 def test_operator_rules_are_exactly_what_it_needs(each):
     rules = _role_of(each, _operator(each)["spec"]["template"]["spec"]["serviceAccountName"])
-    assert _triples(rules) == OPERATOR_RULES
+    assert _triples(rules) == OPERATOR_RULES | (POOL_RULES if _pool_on(each) else set())
     for verb in ("get", "list", "watch"):
         assert not _allows(rules, "", "secrets", verb), "the operator must never read Secrets"
-    assert not _allows(rules, "", "pods", "create")
+    # Pods are made only for the warm pool (otherwise the Job controller makes them).
+    assert _allows(rules, "", "pods", "create") == _pool_on(each)
     assert not _allows(rules, "", "pods/exec", "create")
 
 
@@ -278,6 +292,9 @@ _CLIENT_CALLS: dict[str, Triple] = {
     "list_namespaced_job": ("batch", "jobs", "list"),
     "read_namespaced_pod": ("", "pods", "get"),
     "list_namespaced_pod": ("", "pods", "list"),
+    "create_namespaced_pod": ("", "pods", "create"),
+    "patch_namespaced_pod": ("", "pods", "patch"),
+    "delete_namespaced_pod": ("", "pods", "delete"),
     "create_namespaced_event": ("", "events", "create"),
 }
 _CALL = re.compile(r"\.((?:create|delete|get|patch|replace|list|read)_namespaced_[a-z_]+)\(")
@@ -313,10 +330,11 @@ def _needed_by(folder: str) -> set[Triple]:
 
 def test_operator_role_covers_the_operator_code():
     needed = _needed_by("operator")
+    granted = OPERATOR_RULES | POOL_RULES  # the chart grants POOL_RULES only when the pool is on
     assert needed, "no Kubernetes use found in operator/: the scan is broken"
-    assert needed <= OPERATOR_RULES, f"the operator needs {sorted(needed - OPERATOR_RULES)}"
+    assert needed <= granted, f"the operator needs {sorted(needed - granted)}"
     # Beyond what the code calls, only `get` next to list (which reveals nothing more) is granted.
-    extra = OPERATOR_RULES - needed
+    extra = granted - needed
     assert all(verb == "get" for _, _, verb in extra), f"granted but never used: {sorted(extra)}"
 
 
@@ -816,3 +834,111 @@ def test_secret_keys_match_what_the_parts_read(rendered):
                     ref = env.get("valueFrom", {}).get("secretKeyRef")
                     if ref:
                         assert ref["key"] == env["name"].lower().replace("_", "-")
+
+
+# --- the warm pool (docs/warm-workers.md) ------------------------------------------------------------------
+
+
+def _idle_pod(r: Rendered, monkeypatch: pytest.MonkeyPatch) -> Manifest:
+    """The idle pod the operator's pool would create from the chart's settings."""
+    config = _operator_settings(r, monkeypatch)
+    settings = JobSettings(
+        namespace=NAMESPACE,
+        image=config.worker_image,
+        service_account=config.worker_service_account,
+        secret_name=config.worker_secret_name,
+        cpu=config.worker_cpu,
+        memory=config.worker_memory,
+        session_timeout_minutes=config.session_timeout_minutes,
+        config_map=config.worker_config_map,
+        ttl_seconds=config.job_ttl_seconds,
+        spot=config.worker_spot,
+    )
+    pod: Manifest = build_idle_pod(
+        settings, pool_settings(config), token_digest("token"), datetime(2026, 1, 1, tzinfo=UTC)
+    )
+    return pod
+
+
+def _selected_by(policy: Manifest, labels: dict[str, str]) -> bool:
+    selector = policy["spec"]["podSelector"]
+    if not _selects(policy, labels):
+        return False
+    return all(
+        (expression["operator"] == "Exists") == (expression["key"] in labels)
+        for expression in selector.get("matchExpressions", [])
+    )
+
+
+def test_idle_pod_holds_no_secret_beyond_the_jobs(rendered, monkeypatch):
+    r = rendered["everything-on"]
+    pod = _idle_pod(r, monkeypatch)
+    for version in KUBERNETES_VERSIONS:
+        kubernetes_validate.validate(pod, version, strict=True)
+    assert not restricted_problems("idle pod", pod["spec"])
+    job = _worker_job(r, monkeypatch)
+    job_env = job["spec"]["template"]["spec"]["containers"][0]["env"]
+    idle_env = pod["spec"]["containers"][0]["env"]
+    # The same Secret references as a cold Job (the worker Secret's keys), nothing more, nothing of a turn.
+    assert [e for e in idle_env if "valueFrom" in e] == [e for e in job_env if "valueFrom" in e]
+    assert not [
+        e
+        for e in idle_env
+        if e["name"].startswith("PEERBOT_") and "CLAIM" not in e["name"] and "IDLE" not in e["name"]
+    ]
+    assert pod["spec"]["serviceAccountName"] == job["spec"]["template"]["spec"]["serviceAccountName"]
+    assert pod["spec"]["automountServiceAccountToken"] is False
+
+
+def test_only_the_operator_reaches_an_idle_pod_and_only_on_the_claim_port(rendered, monkeypatch):
+    r = rendered["everything-on"]
+    pod = _idle_pod(r, monkeypatch)
+    labels = pod["metadata"]["labels"]
+    port = pod["spec"]["containers"][0]["ports"][0]["containerPort"]
+    pool = r.component("NetworkPolicy", "worker-pool")
+    assert _selected_by(pool, labels)
+    assert _selects(r.component("NetworkPolicy", "worker"), labels)  # its egress rules still apply
+    # A Job's pods (no pool label) are not opened by the pool's policy.
+    job = _worker_job(r, monkeypatch)
+    assert not _selected_by(pool, job["spec"]["template"]["metadata"]["labels"])
+    [rule] = pool["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": port}]
+    operator_labels = _operator(r)["spec"]["template"]["metadata"]["labels"]
+    assert len(rule["from"]) == 1
+    assert _selects({"spec": rule["from"][0]}, operator_labels)
+    assert set(rule["from"][0]) == {"podSelector"}  # no namespaceSelector: this namespace's operator only
+    # The operator may send the hand-off there.
+    egress = r.component("NetworkPolicy", "operator")["spec"]["egress"]
+    assert any(
+        [p["port"] for p in e["ports"]] == [port] and _selected_by({"spec": e["to"][0]}, labels)
+        for e in egress
+        if e.get("to") and "podSelector" in e["to"][0]
+    )
+    # The operator owns its idle pods through the downward API.
+    names = {e["name"] for e in _container(_operator(r))["env"]}
+    assert {"OPERATOR_POD_NAME", "OPERATOR_POD_UID"} <= names
+
+
+def test_the_pool_is_off_unless_asked_for(rendered, monkeypatch):
+    r = rendered["default"]
+    assert not _pool_on(r)
+    assert not [p for p in r.of_kind("NetworkPolicy") if "pool" in p["metadata"]["name"]]
+    assert "OPERATOR_POD_UID" not in {e["name"] for e in _container(_operator(r))["env"]}
+    assert _operator_settings(r, monkeypatch).worker_pool_size == 0
+    on = _operator_settings(rendered["everything-on"], monkeypatch)
+    assert (on.worker_pool_size, on.worker_pool_min, on.worker_pool_max) == (2, 1, 5)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"worker.pool.size": "2", "worker.pool.min": "3"}, "worker.pool.min (3) cannot be more than"),
+        ({"worker.pool.size": "2", "worker.pool.max": "1"}, "worker.pool.max (1) cannot be fewer than"),
+        ({"worker.pool.size": "-1"}, "size"),
+        ({"worker.pool.maxIdleMinutes": "0"}, "maxIdleMinutes"),
+    ],
+)
+def test_pool_values_are_checked(values, message):
+    result = render_text(set_values=values)
+    assert result.returncode != 0
+    assert message in result.stderr

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -255,10 +256,17 @@ async def api(kubeconfig: Path) -> AsyncIterator[Any]:
 
 @contextlib.asynccontextmanager
 async def pool(
-    api: Any, kube: KubernetesStandIn, port: int, *, tokens: TokenBook | None = None, **settings: Any
+    api: Any,
+    kube: KubernetesStandIn,
+    port: int,
+    *,
+    tokens: TokenBook | None = None,
+    source: Callable[[], list[dict[str, Any]]] | None = None,
+    **settings: Any,
 ) -> AsyncIterator[WarmPool]:
     values = {"size": 1, "port": port} | settings
-    warm = WarmPool(api, JOBS, PoolSettings(**values), pool_pods(kube), PoolMetrics(), tokens=tokens)
+    pods = source or pool_pods(kube)
+    warm = WarmPool(api, JOBS, PoolSettings(**values), pods, PoolMetrics(), tokens=tokens)
     await warm.start(keep=False)
     try:
         yield warm
@@ -269,13 +277,17 @@ async def pool(
 async def test_two_turns_racing_for_one_pod_never_share_it(
     api: Any, kubernetes_standin: KubernetesStandIn, kubelet: IdlePodKubelet, port: int, worker_account: None
 ) -> None:
-    tokens = TokenBook()  # two operators that both know the pod's token: the API server still decides
+    # Two operators that both know the pod's token and both see it idle (their caches a moment behind the
+    # API server, as kopf's index can be): the API server decides which claim is applied.
+    tokens = TokenBook()
+    async with pool(api, kubernetes_standin, port, tokens=tokens) as maker:
+        await maker.reconcile_once()
+    [idle] = await kubelet.wait_for_ready(1)
+    seen = pool_pods(kubernetes_standin)()
     async with (
-        pool(api, kubernetes_standin, port, tokens=tokens) as first,
-        pool(api, kubernetes_standin, port, tokens=tokens) as second,
+        pool(api, kubernetes_standin, port, tokens=tokens, source=lambda: copy.deepcopy(seen)) as first,
+        pool(api, kubernetes_standin, port, tokens=tokens, source=lambda: copy.deepcopy(seen)) as second,
     ):
-        await first.reconcile_once()
-        [idle] = await kubelet.wait_for_ready(1)
         launchers = [
             WarmLauncher(first, JobLauncher(api, JOBS)),
             WarmLauncher(second, JobLauncher(api, JOBS)),
@@ -299,9 +311,11 @@ async def test_two_turns_racing_for_one_pod_never_share_it(
         claims = first.metrics.claims._value.get() + second.metrics.claims._value.get()
         assert (contended, claims) == (1, 1)
 
-        # Starting the winner's turn again is a no-op, on either side.
-        assert await launchers[0].start(winner, "uid", now) is None
-        assert await launchers[1].start(winner, "uid", now) is None
+        # Starting either turn again is a no-op on either side: the warm one has its pod, the cold its Job.
+        for launcher in launchers:
+            assert await launcher.start(winner, "uid", now) is None
+            assert await launcher.start(loser, "uid", now) is None
+        assert [job["metadata"]["name"] for job in kubernetes_standin.objects("jobs", NAMESPACE)] == jobs
 
 
 async def test_of_many_conditional_claims_of_one_pod_exactly_one_is_applied(
@@ -377,6 +391,7 @@ async def test_the_pool_refills_and_recycles(
             if pod["metadata"]["name"] in aged:
                 created = datetime.fromisoformat(pod["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
                 pod["metadata"]["creationTimestamp"] = (created - timedelta(seconds=80)).isoformat()
+                pod["metadata"]["resourceVersion"] += "-aged"  # another object, as far as readers know
         return found
 
     warm = WarmPool(

@@ -356,9 +356,15 @@ def test_a_new_turn_waits_briefly_for_its_status_message():
     requested = "1795320000.000000"  # the Slack ts is the message's own time
     sent = datetime.fromtimestamp(1795320000, tz=UTC)
     conv = conversation(spec={"threadTs": "1795320000.000000", "requestedTs": requested})
-    assert not plan(conv, [], sent + timedelta(seconds=1), SETTINGS)
+    waiting = plan(conv, [], sent + timedelta(seconds=1), SETTINGS)
+    assert not waiting
+    assert waiting.recheck_after == timedelta(seconds=2)
     recorded = conversation(
-        spec={"threadTs": "1795320000.000000", "requestedTs": requested, "statusMessageTs": "1795320000.500000"}
+        spec={
+            "threadTs": "1795320000.000000",
+            "requestedTs": requested,
+            "statusMessageTs": "1795320000.500000",
+        }
     )
     assert isinstance(plan(recorded, [], sent + timedelta(seconds=1), SETTINGS).actions[0], StartTurn)
     assert isinstance(plan(conv, [], sent + timedelta(seconds=4), SETTINGS).actions[0], StartTurn)

@@ -3,6 +3,7 @@
 import copy
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import jsonpatch
 import pytest
@@ -66,12 +67,14 @@ TOKEN = "a-claim-token-that-only-the-operator-knows"
 USER_VALUES = ("T024BE7LD", "C01ABCDEF", "U01ABCDEF", "1700000000.123456", "acme/api", CONVERSATION)
 
 
-def idle_pod(**pool_overrides):
+def idle_pod(**pool_overrides: Any) -> dict[str, Any]:
     settings = PoolSettings(**{**POOL.__dict__, **pool_overrides})
     return build_idle_pod(JOBS, settings, claim.token_digest(TOKEN), NOW)
 
 
-def started(pod, name="peerbot-worker-idle-abcde", uid="uid-pod-1", at=NOW):
+def started(
+    pod: dict[str, Any], name: str = "peerbot-worker-idle-abcde", uid: str = "uid-pod-1", at: datetime = NOW
+) -> dict[str, Any]:
     """The pod as the API server and the kubelet leave it: named, with a uid, Running and Ready."""
     pod = copy.deepcopy(pod)
     pod["metadata"].update(name=name, uid=uid, creationTimestamp=at.isoformat().replace("+00:00", "Z"))
@@ -266,26 +269,32 @@ def test_tokens_are_checked_by_digest():
 # --- a claimed pod, as the planner sees it ------------------------------------------------------------------
 
 
-def claimed(status, deleting=False):
+def claimed(status: dict[str, Any], deleting: bool = False) -> dict[str, Any]:
     pod = started(idle_pod())
-    pod = jsonpatch.apply_patch(pod, claim_patch(pod, REQUEST, JOBS, "uid", NOW))
+    pod = dict(jsonpatch.apply_patch(pod, claim_patch(pod, REQUEST, JOBS, "uid", NOW)))
     pod["status"] = status
     if deleting:
         pod["metadata"]["deletionTimestamp"] = "2026-11-22T12:02:00Z"
     return pod
 
 
-def terminated(code, message=None, reason=None, phase=None):
-    state = {"exitCode": code, "finishedAt": "2026-11-22T12:03:00Z", "reason": reason or "Completed"}
+def terminated(
+    code: int, message: str | None = None, reason: str | None = None, phase: str | None = None
+) -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "exitCode": code,
+        "finishedAt": "2026-11-22T12:03:00Z",
+        "reason": reason or "Completed",
+    }
     if message:
         state["message"] = message
-    status = {"containerStatuses": [{"name": "worker", "state": {"terminated": state}}]}
+    status: dict[str, Any] = {"containerStatuses": [{"name": "worker", "state": {"terminated": state}}]}
     if phase:
         status["phase"] = phase
     return status
 
 
-def conversation(**status):
+def conversation(**status: Any) -> Conversation:
     return Conversation.model_validate(
         {"metadata": {"name": CONVERSATION}, "spec": SPEC.to_api(), "status": status}
     )
@@ -359,8 +368,8 @@ def test_pool_pod_reads_what_the_pool_needs():
 # --- the pool's plan ----------------------------------------------------------------------------------------
 
 
-def pp(name, age=timedelta(minutes=1), **fields):
-    defaults = {"pool": "idle", "phase": "Running", "ready": True, "ip": "10.0.0.1"}
+def pp(name: str, age: timedelta = timedelta(minutes=1), **fields: Any) -> PoolPod:
+    defaults: dict[str, Any] = {"pool": "idle", "phase": "Running", "ready": True, "ip": "10.0.0.1"}
     return PoolPod(name=name, created_at=NOW - age, **(defaults | fields))
 
 
@@ -464,3 +473,27 @@ def test_the_claims_pointers_are_the_jobs_and_the_workers():
 
     worker = {name.upper() for name in TurnPointers.model_fields if name not in PeerbotSettings.model_fields}
     assert worker == job_pointers
+
+
+def test_the_pools_metrics_live_in_the_operators_registry():
+    from peerbot.metrics import OperatorMetrics
+    from peerbot.operator.pool import PoolMetrics
+
+    operator = OperatorMetrics()
+    pool = PoolMetrics(operator.registry)
+    pool.claims.inc()
+    pool.fallbacks.labels(reason="empty").inc()
+    pool.claim_seconds.observe(0.05)
+    pool.pods.labels(state="ready").set(2)
+    pool.target.set(3)
+    text = operator.render().decode()
+    for line in (
+        "peerbot_operator_pool_claims_total 1.0",
+        'peerbot_operator_pool_fallbacks_total{reason="empty"} 1.0',
+        'peerbot_operator_pool_fallbacks_total{reason="handoff"} 0.0',
+        'peerbot_operator_pool_claim_seconds_bucket{le="0.075"} 1.0',
+        'peerbot_operator_pool_pods{state="ready"} 2.0',
+        'peerbot_operator_pool_pods{state="claimed"} 0.0',
+        "peerbot_operator_pool_target 3.0",
+    ):
+        assert line in text, line
