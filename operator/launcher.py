@@ -54,7 +54,12 @@ class JobLauncher:
             response: Any = await self._batch.create_namespaced_job(
                 namespace=self._settings.namespace, body=cast(Any, manifest), _preload_content=False
             )
-            await response.read()
+            body = await response.read()
+            # Without _preload_content the client raises for no status: an error arrives as a response.
+            if not 200 <= response.status < 300:
+                error = ApiException(status=response.status, reason=response.reason)
+                error.body = body.decode(errors="replace")
+                raise error
         except ApiException as error:
             if error.status == 409:  # the same turn's Job exists: created before a restart
                 log.info("job already exists", job=request.job_name, conversation=request.conversation)

@@ -22,6 +22,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from peerbot import __version__
 from peerbot.dispatcher.service import Where
+from peerbot.operator.handlers import REGISTRY
 from peerbot.testing.claude import Reply
 from peerbot.testing.dispatcher import DispatcherHarness
 from peerbot.testing.kubernetes import KubernetesStandIn
@@ -104,7 +105,7 @@ def operator(
             settings.batching.exit_timeout = 0.2
             args = ["run", "--standalone", "--namespace", NAMESPACE, "-m", "peerbot.operator"]
             failed = False
-            with KopfRunner(args, settings=settings, timeout=10) as runner:
+            with KopfRunner(args, registry=REGISTRY, settings=settings, timeout=10) as runner:
                 kubernetes_standin.wait_for_watch("conversations", NAMESPACE, timeout=WAIT)
                 kubernetes_standin.wait_for_watch("jobs", NAMESPACE, timeout=WAIT)
                 try:

@@ -470,3 +470,31 @@ async def test_a_pod_that_does_not_take_the_hand_off_is_replaced_by_a_job(
         jobs = [job["metadata"]["name"] for job in kubernetes_standin.objects("jobs", NAMESPACE)]
         assert jobs == [request(1).job_name]
         assert warm.metrics.fallbacks.labels(reason="handoff")._value.get() == 1
+
+
+async def test_a_pool_that_may_not_create_pods_backs_off_and_turns_start_as_jobs(
+    api: Any, kubernetes_standin: KubernetesStandIn, port: int, worker_account: None
+) -> None:
+    kubernetes_standin.deny("create", "pods")  # a Role without the pool's rules (worker.pool.size was 0)
+    async with pool(api, kubernetes_standin, port) as warm:
+        plan = await warm.reconcile_once()  # tries, is refused, says why, does not raise
+        assert plan.create == 1
+        assert warm.metrics.errors.labels(kind="create_403")._value.get() == 1
+        assert (await warm.reconcile_once()).create == 0  # backing off
+        launcher = WarmLauncher(warm, JobLauncher(api, JOBS))
+        assert await launcher.start(request(1), "uid", datetime.now(UTC)) is Launch.COLD
+        assert warm.metrics.fallbacks.labels(reason="empty")._value.get() == 1
+
+
+async def test_a_turn_whose_job_exists_is_not_started_again(
+    api: Any, kubernetes_standin: KubernetesStandIn, worker_account: None
+) -> None:
+    """The cold launcher's own contract, which the warm one falls back on: a second start is a no-op, and a
+    Job the API server refuses is an error, never a turn reported as started."""
+    launcher = JobLauncher(api, JOBS)
+    assert await launcher.start(request(1), "uid", datetime.now(UTC)) is Launch.COLD
+    assert await launcher.start(request(1), "uid", datetime.now(UTC)) is None
+    kubernetes_standin.deny("create", "jobs", group="batch")
+    with pytest.raises(ApiException) as refused:
+        await launcher.start(request(2), "uid", datetime.now(UTC))
+    assert refused.value.status == 403

@@ -967,7 +967,7 @@ def test_kubectl_apply_get_table_and_json(
     ]
     assert row.split()[7] in {"0s", "1s", "2s"}
     assert short.stdout.splitlines()[1].split()[:7] == row.split()[:7]
-    assert wide.stdout.splitlines()[0].split()[-2:] == ["PR", "ERROR"]
+    assert wide.stdout.splitlines()[0].split()[-3:] == ["PR", "ERROR", "WARM"]
     document = json.loads(as_json.stdout)
     assert (document["kind"], document["status"]["phase"]) == ("Conversation", "Waiting")
     assert reapplied.stdout.strip() == "conversation.peerbot.ai/conv-kubectl unchanged"
