@@ -145,7 +145,8 @@ def _run(
     if outcome.output is not None:
         try:
             document = json.loads(pathlib.Path(outcome.output).read_text())
-            outcome.rows = SUMMARISERS.get(name, _generic)(document)
+            summarise = SUMMARISERS.get(name)
+            outcome.rows = summarise(document) if summarise is not None else _generic(name, document)
         except (ValueError, KeyError, TypeError, IndexError) as problem:
             outcome.rows = [Row(name, "results", outcome.output, "", "")]
             outcome.error = outcome.error or f"could not read its results ({problem!r})"
@@ -344,11 +345,12 @@ def _worker(document: dict[str, Any]) -> list[Row]:
     return rows
 
 
-def _generic(document: dict[str, Any]) -> list[Row]:
-    name = str(document.get("benchmark", "benchmark"))
+def _generic(name: str, document: dict[str, Any]) -> list[Row]:
+    """A benchmark this table does not know yet: that it ran, and whether it met its own targets."""
     missed = document.get("missed")
     verdict = "" if missed is None else _verdict(not missed)
-    return [Row(name, "ran; figures in its JSON", "", "its own targets", verdict)]
+    where = f"benchmarks/results/{name}-….json"
+    return [Row(name, f"ran; its figures are in {where}", "", "its own targets", verdict)]
 
 
 SUMMARISERS: Final[dict[str, Callable[[dict[str, Any]], list[Row]]]] = {

@@ -25,7 +25,7 @@ there the pod start delay dominates.
 
 Run ``python -m benchmarks.bench_warm`` (about two minutes: the delays are 10 s and 45 s) or with
 ``--quick`` (delays of 0.5 s and 1 s, fewer samples: a CI smoke run of a few seconds). Results go to
-``benchmarks/results/`` as JSON.
+``benchmarks/results/`` as JSON. The exit status is 1 only if the pool did not make turns start sooner.
 """
 
 from __future__ import annotations
@@ -425,8 +425,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     output = args.output or RESULTS / f"warm-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2))
-    met = all(row["met"] for row in results["first_progress"] + results["claim_latency"])
-    return 0 if met else 1
+    # A measurement, not a timed test: it fails only when the pool did not make turns start sooner at all
+    # (a claim that fell back to a Job already stopped it with an error).
+    faster = all(row["warm_p50_s"] < row["cold_p50_s"] for row in results["first_progress"])
+    return 0 if faster else 1
 
 
 if __name__ == "__main__":

@@ -154,7 +154,9 @@ class Reconciler:
                     await self._apply(body, conversation, following)
                     if self.observer is not None:
                         self.observer.observe(conversation, jobs, following, now)
-                    result = Plan([*result.actions, *following.actions], recheck_after=following.recheck_after)
+                    result = Plan(
+                        [*result.actions, *following.actions], recheck_after=following.recheck_after
+                    )
                 return result
             except ApiException as error:
                 if self.observer is not None:

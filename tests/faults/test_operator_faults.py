@@ -170,6 +170,12 @@ class ThreadLife:
             "both turns answered",
         )
 
+    def remove(self) -> None:
+        """Delete the finished thread's Conversation, its Jobs and pods (the garbage collector's part), so
+        that the next run's operator does not resume a growing history."""
+        self.kube.delete("conversations", NAMESPACE, self.name)
+        self.kube.collect_garbage()
+
     def problems(self) -> list[str]:
         """What is wrong with the thread's end state (nothing, when it survived)."""
         problems = []
@@ -181,9 +187,8 @@ class ThreadLife:
             problems.append(f"two Jobs for the same message: {asked}")
         status = self.status()
         if status.get("answeredTs") != self.reply_ts or status.get("turns") != 2:
-            problems.append(
-                f"ended {status.get('phase')}, answered {status.get('answeredTs')}, turns {status.get('turns')}"
-            )
+            phase, answered, turns = status.get("phase"), status.get("answeredTs"), status.get("turns")
+            problems.append(f"ended {phase}, answered {answered}, turns {turns}")
         return problems
 
 
@@ -209,6 +214,7 @@ def test_operator_killed_after_every_write_runs_every_turn_once(
     control.play(life)
     points = faults.writes - before
     assert not control.problems(), control.problems()
+    control.remove()
     assert points >= MIN_WRITES, f"the scenario made only {points} writes: the operator changed its ways?"
 
     killed = 0
@@ -222,6 +228,7 @@ def test_operator_killed_after_every_write_runs_every_turn_once(
         killed += life.restarts > restarts
         if thread.problems():
             broken[point] = thread.problems()
+        thread.remove()
 
     ledger.record(
         f"operator killed right after its k-th API write, for every k of a two-turn thread (k = 1…{points}: "
@@ -260,6 +267,7 @@ def test_api_errors_during_reconcile_are_retried_and_nothing_is_lost(
         thread.play(life, arm)
         if thread.problems():
             broken[seed] = thread.problems()
+        thread.remove()
     injected = faults.total_injected()
 
     ledger.record(
