@@ -38,7 +38,7 @@ REPOSITORY: Final = pathlib.Path(__file__).resolve().parents[1]
 HERE: Final = pathlib.Path(__file__).resolve().parent
 RESULTS: Final = HERE / "results"
 #: The order benchmarks run in (others found as ``bench_*.py`` run after these, alphabetically).
-ORDER: Final = ("dispatcher", "operator", "worker")
+ORDER: Final = ("dispatcher", "operator", "worker", "warm")
 #: Generous bounds per benchmark (a hung one must not hang CI); the quick ones are smoke runs.
 TIMEOUT_SECONDS: Final = 900.0
 QUICK_TIMEOUT_SECONDS: Final = 180.0
@@ -85,17 +85,17 @@ def demo_available() -> bool:
     return importlib.util.find_spec("peerbot.demo") is not None
 
 
-def run_module(name: str, quick: bool, stamp: str, timeout: float) -> Outcome:
-    output = RESULTS / f"{name}-{stamp}.json"
-    log = RESULTS / f"{name}-{stamp}.log"
+def run_module(name: str, quick: bool, stamp: str, timeout: float, results: pathlib.Path) -> Outcome:
+    output = results / f"{name}-{stamp}.json"
+    log = results / f"{name}-{stamp}.log"
     command = [sys.executable, "-m", f"benchmarks.bench_{name}", "--output", str(output)]
     if quick:
         command.append("--quick")
     return _run(name, command, output, log, timeout)
 
 
-def run_demo(stamp: str, timeout: float) -> Outcome:
-    log = RESULTS / f"demo-{stamp}.log"
+def run_demo(stamp: str, timeout: float, results: pathlib.Path) -> Outcome:
+    log = results / f"demo-{stamp}.log"
     command = [sys.executable, "-m", "peerbot.cli", "demo", "--quiet"]
     outcome = _run("demo", command, None, log, timeout)
     ok = outcome.exit_code == 0
@@ -129,9 +129,9 @@ def _run(
                 check=False,
             )
             code: int | None = done.returncode
-            error = None if code == 0 else f"exited with {code}; see {log.relative_to(REPOSITORY)}"
+            error = None if code == 0 else f"exited with {code}; see {log}"
         except subprocess.TimeoutExpired:
-            code, error = None, f"did not finish in {timeout:g} s; see {log.relative_to(REPOSITORY)}"
+            code, error = None, f"did not finish in {timeout:g} s; see {log}"
     seconds = time.monotonic() - started
     outcome = Outcome(
         name=name,
@@ -345,18 +345,45 @@ def _worker(document: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _warm(document: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for point in document.get("first_progress") or []:
+        rows.append(
+            Row(
+                "warm pool",
+                f"mention → first progress with the pool, pods taking {point['pod_start_s']:g} s to start",
+                f"{point['warm_p50_s'] * 1000:.0f} ms (p50)",
+                f"without the pool {point['cold_p50_s']:.1f} s (÷{point.get('ratio_p50', math.nan):.0f}); "
+                "target < 1 s",
+                _verdict(bool(point.get("met", point["warm_p50_s"] < 1.0))),
+            )
+        )
+    for point in document.get("claim_latency") or []:
+        rows.append(
+            Row(
+                "warm pool",
+                f"claim an idle worker, {point['concurrent']} turns at once (p50 / p99)",
+                f"{_ms(point['p50_ms'])} / {_ms(point['p99_ms'])}",
+                "target p50 < 100 ms, p99 < 400 ms",
+                _verdict(bool(point.get("met", point["p50_ms"] < 100 and point["p99_ms"] < 400))),
+            )
+        )
+    return rows
+
+
 def _generic(name: str, document: dict[str, Any]) -> list[Row]:
     """A benchmark this table does not know yet: that it ran, and whether it met its own targets."""
     missed = document.get("missed")
     verdict = "" if missed is None else _verdict(not missed)
     where = f"benchmarks/results/{name}-….json"
-    return [Row(name, f"ran; its figures are in {where}", "", "its own targets", verdict)]
+    return [Row(name, f"its figures are in {where}", "ran", "its own targets", verdict)]
 
 
 SUMMARISERS: Final[dict[str, Callable[[dict[str, Any]], list[Row]]]] = {
     "dispatcher": _dispatcher,
     "operator": _operator,
     "worker": _worker,
+    "warm": _warm,
 }
 
 
@@ -400,6 +427,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--no-demo", action="store_true", help="do not time `peerbot demo`")
     parser.add_argument("--markdown", action="store_true", help="also print the table in Markdown")
+    parser.add_argument(
+        "--results",
+        type=pathlib.Path,
+        default=RESULTS,
+        help="where the JSON and logs go (default benchmarks/results)",
+    )
     args = parser.parse_args(argv)
 
     names = discover()
@@ -409,17 +442,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(
             f"no such benchmark: {', '.join(sorted(unknown))} (there are: {', '.join([*names, 'demo'])})"
         )
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    results: pathlib.Path = args.results.resolve()
+    results.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     timeout = QUICK_TIMEOUT_SECONDS if args.quick else TIMEOUT_SECONDS
     started = time.monotonic()
     outcomes: list[Outcome] = []
     for name in names:
         if wanted is None or name in wanted:
-            outcomes.append(run_module(name, args.quick, stamp, timeout))
+            outcomes.append(run_module(name, args.quick, stamp, timeout, results))
     if not args.no_demo and (wanted is None or "demo" in wanted):
         if demo_available():
-            outcomes.append(run_demo(stamp, timeout))
+            outcomes.append(run_demo(stamp, timeout, results))
         else:
             print("== demo: `peerbot demo` is not in this checkout; skipped", file=sys.stderr)
 
@@ -428,7 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.markdown:
         print()
         print(markdown(outcomes))
-    summary = RESULTS / f"summary-{stamp}.json"
+    summary = results / f"summary-{stamp}.json"
     document = {
         "at": datetime.now(UTC).isoformat(),
         "quick": args.quick,
@@ -441,9 +475,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "benchmarks": [asdict(outcome) for outcome in outcomes],
     }
     summary.write_text(json.dumps(document, indent=2) + "\n")
-    latest = RESULTS / "summary-latest.json"
+    latest = results / "summary-latest.json"
     shutil.copyfile(summary, latest)
-    print(f"\nresults: {summary.relative_to(REPOSITORY)} (and each benchmark's JSON and log beside it)")
+    print(f"\nresults: {summary} (and each benchmark's JSON and log beside it)")
     failed = [o for o in outcomes if o.error or o.exit_code != 0]
     return 1 if failed else 0
 

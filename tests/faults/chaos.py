@@ -83,9 +83,8 @@ class ApiFaults:
         for code in STATUS:
             body = status_body(code)
             headers = {"Retry-After": "1"} if code == 429 else {}
-            self.standin.emulator[self._criterion(code)] << kmock.Response(
-                status=code, payload=body, headers=headers
-            )
+            answer = kmock.Response(status=code, payload=body, headers=headers)  # type: ignore[attr-defined]
+            self.standin.emulator[self._criterion(code)] << answer  # kmock's DSL: adds a reaction
         return self
 
     # --- what the test arms

@@ -43,7 +43,7 @@ class Row:
 
     @property
     def command(self) -> str:
-        return f"pytest '{self.test}'"
+        return f"pytest {self.test}"
 
 
 class Ledger:
