@@ -17,6 +17,7 @@ from typing import Any
 import kopf
 import pytest
 from kopf.testing import KopfRunner
+from slack_sdk import WebClient
 
 from peerbot.conversation import ConversationSpec, Tokens
 from peerbot.naming import conversation_name
@@ -89,6 +90,13 @@ class Thread:
         self.thread_ts = parent.ts
         self.name = conversation_name(slack.team_id, self.channel, self.thread_ts)
 
+    def post_status_message(self) -> str:
+        """What the dispatcher does right after recording a request: post the status message."""
+        client = WebClient(token=self.slack.bot_token, base_url=self.slack.api_url)
+        return str(
+            client.chat_postMessage(channel=self.channel, thread_ts=self.thread_ts, text="Queued")["ts"]
+        )
+
     def create(self, **spec: Any) -> dict[str, Any]:
         body = {
             "apiVersion": "peerbot.ai/v1",
@@ -100,6 +108,7 @@ class Thread:
                 "threadTs": self.thread_ts,
                 "user": self.slack.human,
                 "requestedTs": self.thread_ts,
+                "statusMessageTs": self.post_status_message(),
             }
             | spec,
         }
@@ -107,7 +116,12 @@ class Thread:
 
     def reply(self, text: str) -> str:
         message = self.slack.post_message(self.slack.human, self.channel, text, thread_ts=self.thread_ts)
-        self.kube.patch("conversations", NAMESPACE, self.name, {"spec": {"requestedTs": message.ts}})
+        self.kube.patch(
+            "conversations",
+            NAMESPACE,
+            self.name,
+            {"spec": {"requestedTs": message.ts, "statusMessageTs": self.post_status_message()}},
+        )
         return message.ts
 
     def job(self, turn: int, attempt: int = 1) -> str:
@@ -280,7 +294,8 @@ def test_worker_reported_failure_is_recorded_without_a_second_message(
         )
         status = thread.wait_status(lambda s: s.get("phase") == "Failed")
         assert status["error"] == "acme/missing does not exist"
-    assert len(thread.slack.thread(thread.channel, thread.thread_ts)) == 1  # the worker speaks for itself
+    # The mention and its status message only: the worker speaks for itself, the operator adds nothing.
+    assert len(thread.slack.thread(thread.channel, thread.thread_ts)) == 2
 
 
 def test_image_pull_failure_is_failed_at_once(run_operator, thread, kubernetes_standin):
