@@ -34,7 +34,7 @@ from peerbot import claim, constants
 from peerbot.conversation import Phase
 from peerbot.kube import POD_NAMESPACE_FILE, api_client, current_namespace
 from peerbot.logs import get_logger
-from peerbot.operator.jobs import MANAGED_BY, JobSettings, job_view
+from peerbot.operator.jobs import MANAGED_BY, job_settings_from, job_view
 from peerbot.operator.pool import WarmPool, index_jobs, index_source, warm_launcher
 from peerbot.operator.reconcile import Reconciler, planner_settings
 from peerbot.operator.telemetry import Observability
@@ -115,18 +115,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
         base_url=config.slack_api_url,
         retry_handlers=observability.slack_retry_handlers(),  # 429 (Retry-After), connections, 5xx; counted
     )
-    job_settings = JobSettings(
-        namespace=namespace,
-        image=config.worker_image,
-        service_account=config.worker_service_account,
-        secret_name=config.worker_secret_name,
-        cpu=config.worker_cpu,
-        memory=config.worker_memory,
-        session_timeout_minutes=config.session_timeout_minutes,
-        config_map=config.worker_config_map,
-        ttl_seconds=config.job_ttl_seconds,
-        spot=config.worker_spot,
-    )
+    job_settings = job_settings_from(config, namespace)
     memo.config = config
     memo.api = api
     memo.slack = slack

@@ -19,6 +19,7 @@ from typing import Any
 from peerbot import constants
 from peerbot.naming import label_value
 from peerbot.planner import JobView, PodView, TurnRequest
+from peerbot.settings import OperatorSettings
 
 #: The worker's non-root user; fixed so volume ownership (fsGroup) is predictable.
 WORKER_UID = 10001
@@ -58,6 +59,25 @@ class JobSettings:
     workspace_size: str = DEFAULT_WORKSPACE_SIZE
     image_pull_policy: str = "IfNotPresent"
     spot: bool = False
+
+
+def job_settings_from(config: OperatorSettings, namespace: str) -> JobSettings:
+    """The Job builder's settings from the operator's: the one place the two are mapped.
+
+    The operator uses it, and so do the chart tests that build the Job a rendered chart would produce.
+    """
+    return JobSettings(
+        namespace=namespace,
+        image=config.worker_image,
+        service_account=config.worker_service_account,
+        secret_name=config.worker_secret_name,
+        cpu=config.worker_cpu,
+        memory=config.worker_memory,
+        session_timeout_minutes=config.session_timeout_minutes,
+        config_map=config.worker_config_map,
+        ttl_seconds=config.job_ttl_seconds,
+        spot=config.worker_spot,
+    )
 
 
 def job_labels(request: TurnRequest) -> dict[str, str]:

@@ -15,7 +15,13 @@ import pytest
 
 from peerbot.claim import token_digest
 from peerbot.conversation import ConversationSpec
-from peerbot.operator.jobs import WORKER_SECRET_KEYS, WORKER_UID, JobSettings, build_worker_job, job_labels
+from peerbot.operator.jobs import (
+    WORKER_SECRET_KEYS,
+    WORKER_UID,
+    build_worker_job,
+    job_labels,
+    job_settings_from,
+)
 from peerbot.operator.pool import pool_settings
 from peerbot.operator.warm import build_idle_pod
 from peerbot.planner import TurnRequest
@@ -483,18 +489,7 @@ def _load(settings_cls: type[SettingsT], env: dict[str, str], monkeypatch: pytes
 
 def _worker_job(r: Rendered, monkeypatch: pytest.MonkeyPatch) -> Manifest:
     config = _operator_settings(r, monkeypatch)
-    settings = JobSettings(
-        namespace=NAMESPACE,
-        image=config.worker_image,
-        service_account=config.worker_service_account,
-        secret_name=config.worker_secret_name,
-        cpu=config.worker_cpu,
-        memory=config.worker_memory,
-        session_timeout_minutes=config.session_timeout_minutes,
-        config_map=config.worker_config_map,
-        ttl_seconds=config.job_ttl_seconds,
-        spot=config.worker_spot,
-    )
+    settings = job_settings_from(config, NAMESPACE)
     spec = ConversationSpec.model_validate(
         {
             "team": "T024BE7LD",
@@ -842,18 +837,7 @@ def test_secret_keys_match_what_the_parts_read(rendered):
 def _idle_pod(r: Rendered, monkeypatch: pytest.MonkeyPatch) -> Manifest:
     """The idle pod the operator's pool would create from the chart's settings."""
     config = _operator_settings(r, monkeypatch)
-    settings = JobSettings(
-        namespace=NAMESPACE,
-        image=config.worker_image,
-        service_account=config.worker_service_account,
-        secret_name=config.worker_secret_name,
-        cpu=config.worker_cpu,
-        memory=config.worker_memory,
-        session_timeout_minutes=config.session_timeout_minutes,
-        config_map=config.worker_config_map,
-        ttl_seconds=config.job_ttl_seconds,
-        spot=config.worker_spot,
-    )
+    settings = job_settings_from(config, NAMESPACE)
     pod: Manifest = build_idle_pod(
         settings, pool_settings(config), token_digest("token"), datetime(2026, 1, 1, tzinfo=UTC)
     )
