@@ -6,5 +6,7 @@ Used by the test suite, the benchmarks and ``peerbot demo`` (the way kopf ships 
 - :mod:`peerbot.testing.gcs`: fake-gcs-server, with generation preconditions;
 - :mod:`peerbot.testing.slack`: a Slack Web API and Socket Mode server;
 - :mod:`peerbot.testing.claude`: a scripted Anthropic Messages API server;
-- :mod:`peerbot.testing.github`: a GitHub REST server backed by real bare git repositories.
+- :mod:`peerbot.testing.github`: a GitHub REST server backed by real bare git repositories;
+- :mod:`peerbot.testing.kubelet` and :mod:`peerbot.testing.warm`: kubelets that run worker Jobs and idle
+  pods as local processes (both follow the API with :mod:`peerbot.testing.watching`).
 """

@@ -37,22 +37,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Literal, Self, cast
+from typing import Any, Final, Literal, Self
 
-import aiohttp
 from kubernetes_asyncio import client, config
 
 from peerbot.result import TurnResult
 from peerbot.testing.kubernetes import JobPodRejected, KubernetesStandIn
+from peerbot.testing.watching import ListWatch
 
 #: Kubernetes keeps at most this many bytes of a termination message.
 TERMINATION_MESSAGE_LIMIT: Final = 4096
@@ -63,8 +62,6 @@ DEFAULT_GRACE_SECONDS: Final = 30.0
 #: When the kubelet itself stops, running containers get this long after SIGTERM (a worker checkpoints and
 #: pushes in well under it), then SIGKILL.
 STOP_GRACE_SECONDS: Final = 10.0
-#: A watch is re-opened after this long (the API server closes long watches too).
-WATCH_SECONDS: Final = 300
 #: The selector of Peerbot's worker Jobs (``operator/jobs.py`` labels them so).
 WORKER_JOBS: Final = "app.kubernetes.io/component=worker,app.kubernetes.io/managed-by=peerbot-operator"
 #: The name of the file the image writes its termination message to, inside the pod's folder.
@@ -383,58 +380,22 @@ class LocalKubelet:
     async def _watch_jobs(self) -> None:
         assert self._api is not None
         batch = client.BatchV1Api(self._api)
+        watch = ListWatch(
+            batch.list_namespaced_job,
+            self.namespace,
+            self.label_selector,
+            lambda kind, job: None if kind == "DELETED" else self._consider(job),
+            what="Job list or watch",
+            listed=self._watching,
+        )
         try:
-            while True:
-                listing = await _raw(
-                    batch.list_namespaced_job(
-                        self.namespace, label_selector=self.label_selector, _preload_content=False
-                    )
-                )
-                data = json.loads(await listing.read())
-                listing.release()
-                for job in data.get("items") or []:
-                    self._consider(job)
-                self._watching.set()
-                version = str(data["metadata"]["resourceVersion"])
-                while version:
-                    version = await self._watch_from(batch, version)
+            await watch.run()
         except asyncio.CancelledError:
             raise
         except BaseException as error:
             self._failure = error
             await self._notify()
             raise
-
-    async def _watch_from(self, batch: client.BatchV1Api, version: str) -> str:
-        """Follow one watch; returns the version to resume from, or ``""`` to list again (410 Gone)."""
-        response = await _raw(
-            batch.list_namespaced_job(
-                self.namespace,
-                label_selector=self.label_selector,
-                watch=True,
-                resource_version=version,
-                allow_watch_bookmarks=True,
-                timeout_seconds=WATCH_SECONDS,
-                _preload_content=False,
-                _request_timeout=WATCH_SECONDS + 30,
-            )
-        )
-        try:
-            async for line in response.content:
-                if not line.strip():
-                    continue
-                event = json.loads(line)
-                obj = event.get("object") or {}
-                if event.get("type") == "ERROR":
-                    if obj.get("code") == 410:
-                        return ""
-                    raise RuntimeError(f"the Job watch failed: {obj.get('message')}")
-                version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
-                if event.get("type") in ("ADDED", "MODIFIED"):
-                    self._consider(obj)
-        finally:
-            response.release()
-        return version
 
     def _consider(self, job: Mapping[str, Any]) -> None:
         metadata = job.get("metadata") or {}
@@ -597,16 +558,6 @@ class LocalKubelet:
         if self._changed is not None:
             async with self._changed:
                 self._changed.notify_all()
-
-
-async def _raw(call: Awaitable[Any]) -> aiohttp.ClientResponse:
-    """The raw response of a ``_preload_content=False`` call, which the client does not check."""
-    response = cast(aiohttp.ClientResponse, await call)
-    if response.status != 200:
-        body = (await response.read()).decode(errors="replace")
-        response.release()
-        raise RuntimeError(f"the API server answered {response.status} to the Job list or watch: {body}")
-    return response
 
 
 def _signal(process: asyncio.subprocess.Process, number: int) -> None:

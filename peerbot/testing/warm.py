@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import hashlib
 import itertools
-import json
 import secrets
 import socket
 import time
@@ -52,11 +51,10 @@ from peerbot import claim
 from peerbot.result import Outcome, TurnResult
 from peerbot.testing.kubernetes import KubernetesStandIn
 from peerbot.testing.kubernetes.timefmt import rfc3339
+from peerbot.testing.watching import ListWatch
 from peerbot.worker.idle import IdleWorker
 from peerbot.worker.pointers import TurnPointers
 
-#: A watch is re-opened after this long (the API server closes long watches too).
-WATCH_SECONDS: Final = 300
 #: Worker Jobs, as ``operator/jobs.py`` labels them.
 WORKER_JOBS: Final = "app.kubernetes.io/component=worker,app.kubernetes.io/managed-by=peerbot-operator"
 #: Stopping, a running turn gets this long to end after it is cancelled.
@@ -103,65 +101,6 @@ class PoolPodRun:
     refused: dict[int, int] = field(default_factory=dict)
 
 
-class _Watch:
-    """List, then watch, one resource with a label selector; calls ``consider`` with every object seen."""
-
-    def __init__(
-        self,
-        list_call: Callable[..., Awaitable[Any]],
-        namespace: str,
-        selector: str,
-        consider: Callable[[str, dict[str, Any]], None],
-    ) -> None:
-        self._list = list_call
-        self._namespace = namespace
-        self._selector = selector
-        self._consider = consider
-        self.listed = asyncio.Event()
-
-    async def run(self) -> None:
-        while True:
-            response = await self._list(
-                self._namespace, label_selector=self._selector, _preload_content=False
-            )
-            data = json.loads(await response.read())
-            response.release()
-            for item in data.get("items") or []:
-                self._consider("ADDED", item)
-            self.listed.set()
-            version = str(data["metadata"]["resourceVersion"])
-            while version:
-                version = await self._follow(version)
-
-    async def _follow(self, version: str) -> str:
-        response = await self._list(
-            self._namespace,
-            label_selector=self._selector,
-            watch=True,
-            resource_version=version,
-            allow_watch_bookmarks=True,
-            timeout_seconds=WATCH_SECONDS,
-            _preload_content=False,
-            _request_timeout=WATCH_SECONDS + 30,
-        )
-        try:
-            async for line in response.content:
-                if not line.strip():
-                    continue
-                event = json.loads(line)
-                obj = event.get("object") or {}
-                if event.get("type") == "ERROR":
-                    if obj.get("code") == 410:
-                        return ""
-                    raise RuntimeError(f"the watch failed: {obj.get('message')}")
-                version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
-                if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
-                    self._consider(str(event["type"]), obj)
-        finally:
-            response.release()
-        return version
-
-
 class _Kubelet:
     """What both kubelets share: the client, the watch, the tasks, waiting for a condition."""
 
@@ -195,7 +134,7 @@ class _Kubelet:
         self._api = client.ApiClient(configuration=configuration)
         return self._api
 
-    async def _start_watch(self, watch: _Watch) -> None:
+    async def _start_watch(self, watch: ListWatch) -> None:
         self._watch_task = asyncio.create_task(watch.run(), name=f"{type(self).__name__}-watch")
         listed = asyncio.create_task(watch.listed.wait())
         await asyncio.wait({self._watch_task, listed}, return_when=asyncio.FIRST_COMPLETED)
@@ -377,7 +316,7 @@ class IdlePodKubelet(_Kubelet):
         self._http = aiohttp.ClientSession()
         core: Any = client.CoreV1Api(api)
         await self._start_watch(
-            _Watch(core.list_namespaced_pod, self.namespace, claim.LABEL_POOL, self._consider)
+            ListWatch(core.list_namespaced_pod, self.namespace, claim.LABEL_POOL, self._consider)
         )
         return self
 
@@ -524,7 +463,7 @@ class ScriptedJobKubelet(_Kubelet):
         api = await self._connect()
         batch: Any = client.BatchV1Api(api)
         await self._start_watch(
-            _Watch(batch.list_namespaced_job, self.namespace, WORKER_JOBS, self._consider)
+            ListWatch(batch.list_namespaced_job, self.namespace, WORKER_JOBS, self._consider)
         )
         return self
 
@@ -631,7 +570,7 @@ class ObjectCache:
             else client.BatchV1Api(api).list_namespaced_job
         )
         await self._helper._start_watch(
-            _Watch(listing, self._helper.namespace, self._selector, self._consider)
+            ListWatch(listing, self._helper.namespace, self._selector, self._consider)
         )
         return self
 
