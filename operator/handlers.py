@@ -57,9 +57,6 @@ JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
 #: Conversations the resync loop reconciles at the same time: enough to get through a thousand active
 #: ones well inside the 15-second interval, few enough not to flood the API server with GETs.
 RESYNC_CONCURRENCY: Final = 16
-#: The API client's read buffer, as kubernetes_asyncio sets it (a Conversation with its history of
-#: annotations, or a watch event of a large object, can exceed aiohttp's 64 KiB default).
-API_READ_BUFFER_BYTES: Final = 2**21
 #: The kopf indexes below, by the keyword name kopf passes them under.
 INDEXES: Final = (
     "worker_jobs",
@@ -108,7 +105,6 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
     token = config.metrics_auth_token.get_secret_value() if config.metrics_auth_token else None
     observability = memo.observability = Observability(token, maintenance=config.peerbot_maintenance)
     api = await api_client()
-    _without_environment_lookups(api)
     slack = AsyncWebClient(
         session=aiohttp.ClientSession(),  # one connection pool, not a new session per call
         token=config.slack_bot_token.get_secret_value(),
@@ -156,24 +152,6 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
     if memo.pool is not None:
         await memo.pool.start()
     log.info("operator started", namespace=namespace, image=config.worker_image)
-
-
-def _without_environment_lookups(api: Any) -> None:
-    """Give the API client a session that does not consult the environment on every request.
-
-    kubernetes_asyncio opens its aiohttp session with ``trust_env=True``, so aiohttp looks up ``~/.netrc``
-    and the proxy variables in a worker thread for *each* request: two thread hops per API call, a third
-    of the operator's CPU under a burst of Conversations. The API server is reached directly (in a pod) or
-    through the kubeconfig's ``proxy-url``, which the client passes explicitly, so nothing is lost; only
-    ``HTTPS_PROXY`` for the API server is no longer honoured.
-    """
-    rest = api.rest_client
-    old: aiohttp.ClientSession = rest.pool_manager
-    connector = old.connector
-    old.detach()  # the session is done with; its connection pool carries over
-    rest.pool_manager = aiohttp.ClientSession(
-        connector=connector, trust_env=False, read_bufsize=API_READ_BUFFER_BYTES
-    )
 
 
 @kopf.on.cleanup(registry=REGISTRY)
